@@ -1,0 +1,149 @@
+// Inference benchmark: prefill and decode tok/s at batch 1 and 8 for stories260K and a random
+// Llama of the stories110M shape, in f32 and bf16, the machine's memory bandwidth and the ratio
+// of decode to the weight-streaming bound, and ViT images/s. Prints a Markdown table to stdout.
+//   build/bench/bench_inference [--quick] [--device cuda]
+#include <torch/torch.h>
+
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+
+#include "common/log.h"
+#include "generate/generator.h"
+#include "io/hf_config.h"
+#include "model/llama.h"
+#include "model/load.h"
+#include "vision/vision_tower.h"
+#include "vision/vit.h"
+
+using namespace vadapt;
+
+namespace {
+
+double measure_bandwidth_gbs() {
+  const size_t n = 256u << 20;
+  std::vector<char> a(n, 1), b(n, 2);
+  double best = 1e9;
+  for (int i = 0; i < 5; ++i) {
+    Stopwatch sw;
+    std::memcpy(b.data(), a.data(), n);
+    best = std::min(best, sw.seconds());
+    a[i] = b[n - 1 - i];
+  }
+  return 2.0 * n / best / 1e9;  // read + write
+}
+
+struct Row {
+  std::string model, dtype;
+  int64_t batch;
+  double prefill_tps, decode_tps, weight_mb, bound_ratio;
+};
+
+Row bench_llama(const std::string& name, model::LlamaForCausalLM lm, int64_t batch, int64_t prompt, int64_t gen,
+                double bw_gbs) {
+  generate::GenerateOptions o;
+  o.max_new_tokens = gen;
+  o.stop_at_eos = false;
+  std::vector<std::vector<int64_t>> prompts(batch, std::vector<int64_t>(prompt));
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < prompt; ++t) prompts[b][t] = 1 + (b * 31 + t * 7) % (lm->config().vocab_size - 1);
+  generate::Generator g(lm);
+  g.generate(prompts, o);  // warm-up
+  generate::GenerateResult best;
+  double best_decode = 0;
+  for (int r = 0; r < 3; ++r) {
+    auto res = g.generate(prompts, o);
+    double d = res.decode_steps * batch / std::max(res.decode_seconds, 1e-9);
+    if (d > best_decode) best_decode = d, best = res;
+  }
+  auto pc = model::count_parameters(*lm);
+  double weight_bytes = static_cast<double>(pc.bytes);
+  double bound_tps = bw_gbs * 1e9 / weight_bytes;  // batch-1 decode streams every weight once per token
+  Row row;
+  row.model = name;
+  row.dtype = c10::toString(lm->dtype());
+  row.batch = batch;
+  row.prefill_tps = best.prompt_tokens / std::max(best.prefill_seconds, 1e-9);
+  row.decode_tps = best_decode;
+  row.weight_mb = weight_bytes / 1e6;
+  row.bound_ratio = (best_decode / batch) / bound_tps;
+  return row;
+}
+
+model::LlamaForCausalLM random_llama(const io::LlamaConfig& cfg, torch::ScalarType dtype, torch::Device dev) {
+  model::LlamaForCausalLM lm(cfg, torch::TensorOptions().dtype(torch::kFloat32));
+  model::init_normal(*lm, 5, 0.02);
+  lm->to(dev, dtype);
+  lm->eval();
+  return lm;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool quick = false;
+  torch::Device dev = torch::kCPU;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--quick")) quick = true;
+    if (!std::strcmp(argv[i], "--device") && i + 1 < argc) dev = torch::Device(argv[++i]);
+  }
+  set_log_level(LogLevel::kQuiet);
+  torch::NoGradGuard ng;
+  const double bw = measure_bandwidth_gbs();
+  std::cerr << "threads: " << torch::get_num_threads() << ", memcpy bandwidth: " << bw << " GB/s\n";
+  std::string shared = std::string(VADAPT_SOURCE_DIR) + "/../shared/models/stories260K";
+  std::vector<Row> rows;
+  const int64_t prompt = quick ? 32 : 128, gen = quick ? 16 : 64;
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    model::LlamaForCausalLM small{nullptr};
+    io::LlamaConfig scfg;
+    if (std::filesystem::exists(shared)) {
+      small = model::load_llama(shared, dtype, dev);
+    } else {
+      scfg = io::LlamaConfig::from_json(nlohmann::json{{"model_type", "llama"}, {"hidden_size", 64}, {"intermediate_size", 172},
+                                                       {"num_hidden_layers", 5}, {"num_attention_heads", 8},
+                                                       {"num_key_value_heads", 4}, {"vocab_size", 512},
+                                                       {"max_position_embeddings", 512}, {"tie_word_embeddings", true}}, "stories260K-shape");
+      small = random_llama(scfg, dtype, dev);
+    }
+    io::LlamaConfig big = io::LlamaConfig::from_json(
+        nlohmann::json{{"model_type", "llama"}, {"hidden_size", 768}, {"intermediate_size", 2048}, {"num_hidden_layers", 12},
+                       {"num_attention_heads", 12}, {"vocab_size", 32000}, {"max_position_embeddings", 1024}},
+        "stories110M-shape");
+    auto large = random_llama(big, dtype, dev);
+    for (int64_t b : {1, 8}) {
+      rows.push_back(bench_llama("stories260K", small, b, prompt, gen, bw));
+      rows.push_back(bench_llama("stories110M-shape (random)", large, b, prompt, gen, bw));
+    }
+  }
+  std::cout << "\n| model | dtype | batch | prefill tok/s | decode tok/s | weights MB | decode/bound (b=1) |\n"
+            << "|---|---|---|---|---|---|---|\n";
+  for (const auto& r : rows) {
+    char line[512];
+    std::snprintf(line, sizeof line, "| %s | %s | %ld | %.0f | %.1f | %.1f | %s |\n", r.model.c_str(), r.dtype.c_str(),
+                  static_cast<long>(r.batch), r.prefill_tps, r.decode_tps, r.weight_mb,
+                  r.batch == 1 ? (std::to_string(static_cast<int>(r.bound_ratio * 100)) + "%").c_str() : "-");
+    std::cout << line;
+  }
+  // ViT images/s (ViT-Tiny shape).
+  io::ViTConfig vc;
+  vc.architecture = "ViTForImageClassification";
+  vc.hidden_size = 192;
+  vc.num_attention_heads = 3;
+  vc.intermediate_size = 768;
+  vc.num_labels = 200;
+  vision::ViT vit(vc, torch::TensorOptions().dtype(torch::kFloat32));
+  model::init_normal(*vit, 3, 0.02);
+  vit->to(dev);
+  std::cout << "\n| vision tower | batch | images/s |\n|---|---|---|\n";
+  for (int64_t b : {1, 8}) {
+    auto px = torch::randn({b, 3, 224, 224}).to(dev);
+    vit->encode(px);
+    Stopwatch sw;
+    const int iters = quick ? 2 : 5;
+    for (int i = 0; i < iters; ++i) vit->encode(px);
+    std::cout << "| ViT-Tiny/16 224 (f32) | " << b << " | " << (b * iters / sw.seconds()) << " |\n";
+  }
+  std::cout << "\nmemcpy bandwidth " << bw << " GB/s; decode/bound = (batch-1 decode tok/s) / (bandwidth / weight bytes)\n";
+  return 0;
+}

@@ -1,0 +1,106 @@
+// Batched KV-cache generation loop.
+#include "generate/generator.h"
+
+#include <algorithm>
+
+#include "common/error.h"
+#include "common/log.h"
+
+namespace vadapt::generate {
+
+std::pair<torch::Tensor, torch::Tensor> left_pad(const std::vector<std::vector<int64_t>>& prompts, int64_t pad_id) {
+  if (prompts.empty()) throw VadaptError("generate: no prompts given");
+  size_t t = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    if (prompts[i].empty()) throw VadaptError(cat("generate: prompt ", i, " is empty (no tokens)"));
+    t = std::max(t, prompts[i].size());
+  }
+  const int64_t b = static_cast<int64_t>(prompts.size());
+  auto ids = torch::full({b, static_cast<int64_t>(t)}, pad_id, torch::kInt64);
+  auto mask = torch::zeros({b, static_cast<int64_t>(t)}, torch::kInt64);
+  for (int64_t i = 0; i < b; ++i) {
+    const auto& p = prompts[i];
+    const int64_t off = static_cast<int64_t>(t - p.size());
+    ids[i].narrow(0, off, static_cast<int64_t>(p.size())).copy_(torch::tensor(p, torch::kInt64));
+    mask[i].narrow(0, off, static_cast<int64_t>(p.size())).fill_(1);
+  }
+  return {ids, mask};
+}
+
+GenerateResult Generator::generate(const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& opts,
+                                   const TokenCallback& on_token) {
+  auto [ids, mask] = left_pad(prompts, 0);
+  torch::NoGradGuard ng;
+  auto embeds = lm_->embed(ids);  // (B, T, d)
+  bool padded = mask.min().item<int64_t>() == 0;
+  return generate_embeds(embeds, padded ? mask : torch::Tensor(), opts, on_token);
+}
+
+GenerateResult Generator::generate_embeds(const torch::Tensor& embeds, const torch::Tensor& key_mask,
+                                          const GenerateOptions& opts, const TokenCallback& on_token) {
+  torch::NoGradGuard ng;
+  if (opts.max_new_tokens < 0) throw VadaptError("max_new_tokens must be >= 0");
+  const int64_t b = embeds.size(0), t = embeds.size(1);
+  const auto& cfg = lm_->config();
+  if (t == 0) throw VadaptError("generate: empty prompt (no tokens)");
+  if (t + opts.max_new_tokens > cfg.max_position_embeddings)
+    throw VadaptError(cat("prompt of ", t, " tokens + max_new_tokens ", opts.max_new_tokens,
+                          " exceeds the model's max_position_embeddings ", cfg.max_position_embeddings));
+  const auto dev = lm_->device();
+  model::KVCache cache = lm_->make_cache(b, t + std::max<int64_t>(opts.max_new_tokens, 1));
+  model::ForwardContext ctx;
+  ctx.cache = &cache;
+  torch::Tensor mask;   // (B, S) running key mask, only when padded
+  torch::Tensor next_pos;  // (B, 1)
+  if (key_mask.defined()) {
+    mask = torch::cat({key_mask.to(torch::kInt64), torch::ones({b, opts.max_new_tokens}, torch::kInt64)}, 1).to(dev);  // (B, T + N)
+    auto pos = (key_mask.to(torch::kInt64).cumsum(1) - 1).clamp_min(0);  // (B, T)
+    ctx.position_ids = pos.to(dev);
+    ctx.attention_mask = mask.narrow(1, 0, t);
+    next_pos = pos.select(1, t - 1).unsqueeze(1) + 1;  // (B, 1)
+  }
+  std::vector<int64_t> stops = opts.stop_ids;
+  if (opts.stop_at_eos) stops.insert(stops.end(), cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
+
+  GenerateResult res;
+  res.tokens.resize(b);
+  res.prompt_tokens = key_mask.defined() ? key_mask.sum().item<int64_t>() : b * t;
+  Sampler sampler(opts.sampling);
+  Stopwatch sw;
+  auto h = lm_->forward_embeds(embeds.to(dev), ctx);         // (B, T, d)
+  auto logits = lm_->logits(h.select(1, t - 1));            // (B, V)
+  std::vector<bool> done(b, false);
+  int64_t active = b;
+  for (int64_t step = 0; step < opts.max_new_tokens && active > 0; ++step) {
+    auto next = sampler.sample(logits);  // (B,) CPU
+    if (step == 0) res.prefill_seconds = sw.seconds(), sw.reset();
+    auto acc = next.accessor<int64_t, 1>();
+    for (int64_t i = 0; i < b; ++i) {
+      if (done[i]) continue;
+      int64_t id = acc[i];
+      if (std::find(stops.begin(), stops.end(), id) != stops.end()) {
+        done[i] = true, --active;
+        continue;
+      }
+      res.tokens[i].push_back(id);
+      ++res.generated_tokens;
+      if (on_token && !on_token(i, id)) done[i] = true, --active;
+    }
+    if (active == 0 || step + 1 == opts.max_new_tokens) break;
+    if (mask.defined()) {
+      ctx.attention_mask = mask.narrow(1, 0, cache.length() + 1);
+      ctx.position_ids = next_pos.to(dev);
+      next_pos = next_pos + 1;
+    } else {
+      ctx.position_ids = torch::Tensor();
+    }
+    auto x = lm_->embed(next.view({b, 1}));             // (B, 1, d)
+    logits = lm_->logits(lm_->forward_embeds(x, ctx)).select(1, 0);  // (B, V)
+    ++res.decode_steps;
+  }
+  if (opts.max_new_tokens == 0) res.prefill_seconds = sw.seconds();
+  else res.decode_seconds = sw.seconds();
+  return res;
+}
+
+}  // namespace vadapt::generate

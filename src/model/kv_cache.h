@@ -1,0 +1,32 @@
+// Preallocated key/value cache: one (B, n_kv_heads, capacity, head_dim) buffer per layer,
+// filled in place, so decoding allocates nothing per token for the cache.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <vector>
+
+namespace vadapt::model {
+
+class KVCache {
+ public:
+  KVCache(int64_t num_layers, int64_t batch, int64_t num_kv_heads, int64_t capacity, int64_t head_dim,
+          const torch::TensorOptions& opts);
+
+  int64_t length() const { return length_; }
+  int64_t capacity() const { return capacity_; }
+  int64_t batch() const { return batch_; }
+  // Writes k/v (B, kv, T, D) at [length, length+T) of `layer`; returns views over [0, length+T).
+  std::pair<torch::Tensor, torch::Tensor> append(int64_t layer, const torch::Tensor& k, const torch::Tensor& v);
+  // Called by the model once all layers have appended `t` tokens.
+  void advance(int64_t t) { length_ += t; }
+  void reset() { length_ = 0; }
+  // Keeps only the batch rows in `index` (beam search reorders), in place.
+  void select_rows(const torch::Tensor& index);
+
+ private:
+  std::vector<torch::Tensor> k_, v_;
+  int64_t batch_, capacity_, length_ = 0;
+};
+
+}  // namespace vadapt::model

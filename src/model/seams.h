@@ -1,0 +1,70 @@
+// The seams through which adapters act on the frozen models. Base models call these hooks
+// and never name an adapter class; an empty hook list means the plain model.
+//  - projection output (LoRA, QLoRA, bias/scale):      y = base(x); for a in adapters: y = a(x, y)
+//  - attention prefix (LLaMA-Adapter gated prompts):    out += prefix.attend(q, view, ctx)
+//  - sub-layer input (LaVIN MMA, bottleneck adapters):  x = adapter(x, where, layer, ctx)
+//  - input embeddings (projectors, resamplers):         CausalLM::forward_embeds(x, ctx)
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <vector>
+
+namespace vadapt::model {
+
+class KVCache;
+class ProjectionImpl;
+
+// Per-call state threaded through a forward pass.
+struct ForwardContext {
+  KVCache* cache = nullptr;      // null: no cache; keys are exactly this call's tokens
+  torch::Tensor position_ids;    // (B, T) int64; undefined: past_length + arange(T)
+  torch::Tensor attention_mask;  // (B, S) 1 = real token over past + current keys; undefined: all real
+  torch::Tensor modality;        // (B,) optional per-sample modality flags for routed adapters
+};
+
+class ProjectionAdapter {
+ public:
+  virtual ~ProjectionAdapter() = default;
+  // x: the projection's input (..., in); y: the output so far (..., out). Returns the new output.
+  virtual torch::Tensor apply(const torch::Tensor& x, torch::Tensor y) = 0;
+};
+
+// What an attention-prefix adapter may see of the frozen attention layer.
+struct AttentionView {
+  const ProjectionImpl& k_proj;
+  const ProjectionImpl& v_proj;
+  int64_t num_heads;
+  int64_t num_kv_heads;
+  int64_t head_dim;
+  int64_t layer;
+};
+
+class AttentionPrefix {
+ public:
+  virtual ~AttentionPrefix() = default;
+  // q: (B, H, T, D) queries after RoPE. Returns (B, H, T, D), added to the attention output
+  // before o_proj.
+  virtual torch::Tensor attend(const torch::Tensor& q, const AttentionView& view, const ForwardContext& ctx) = 0;
+};
+
+enum class Sublayer { kAttention, kMlp };
+
+class SublayerAdapter {
+ public:
+  virtual ~SublayerAdapter() = default;
+  // x: the (B, T, d) input of the sub-layer (after its norm). Returns the input to use.
+  virtual torch::Tensor apply(const torch::Tensor& x, Sublayer where, int64_t layer, const ForwardContext& ctx) = 0;
+};
+
+// Hook lists live in the blocks; the adapters themselves are owned elsewhere (AdapterSet).
+struct SublayerHooks {
+  std::vector<std::shared_ptr<SublayerAdapter>> adapters;
+  torch::Tensor run(torch::Tensor x, Sublayer where, int64_t layer, const ForwardContext& ctx) const {
+    for (const auto& a : adapters) x = a->apply(x, where, layer, ctx);
+    return x;
+  }
+};
+
+}  // namespace vadapt::model

@@ -1,0 +1,47 @@
+// Test fixtures: tiny random models written by the project itself in the real Hugging Face
+// formats (config.json + model.safetensors + tokenizer.json), temp folders, shared/ lookup and
+// a tensor comparison that reports the max abs diff and the first bad index.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <string>
+
+#include "io/hf_config.h"
+
+namespace vadapt::test {
+
+// A fresh temp folder, removed at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+io::LlamaConfig tiny_llama_config(bool gqa = true, bool tied = false, bool bias = false);
+// Writes config.json, model.safetensors and a byte-level tokenizer.json into `dir`.
+void write_tiny_llama(const std::string& dir, const io::LlamaConfig& cfg, uint64_t seed = 1);
+void write_tiny_vit(const std::string& dir, uint64_t seed = 2);
+void write_tiny_clip(const std::string& dir, uint64_t seed = 3);
+// A byte-level BPE tokenizer.json: 256 byte tokens, a few merges, <s> and </s> added tokens.
+void write_tiny_tokenizer(const std::string& dir, int64_t vocab_size);
+
+// Path of ../shared (from VADAPT_SHARED_DIR, or found next to the source tree); empty if absent.
+std::string shared_dir();
+#define VADAPT_REQUIRE_SHARED()                                                                        \
+  do {                                                                                                 \
+    if (::vadapt::test::shared_dir().empty())                                                          \
+      GTEST_SKIP() << "../shared (real models, data, golden values) is absent; set VADAPT_SHARED_DIR"; \
+  } while (0)
+
+// Compares with |a - b| <= atol + rtol * |b|; on failure reports max abs diff and first bad index.
+::testing::AssertionResult tensors_close(const torch::Tensor& a, const torch::Tensor& b, double atol, double rtol = 0.0);
+::testing::AssertionResult tensors_equal(const torch::Tensor& a, const torch::Tensor& b);
+
+}  // namespace vadapt::test

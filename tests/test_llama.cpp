@@ -1,0 +1,189 @@
+// Llama decoder invariants on tiny random fixtures written in HF format: strict load,
+// KV-cache decode = full recompute, left-padded batch = single runs, bf16 ~ f32, empty seams
+// are the identity, config parsing and parameter counts.
+#include <gtest/gtest.h>
+
+#include "common/error.h"
+#include "fixtures.h"
+#include "io/atomic_file.h"
+#include "io/json_file.h"
+#include "model/llama.h"
+#include "model/load.h"
+
+using namespace vadapt;
+using vadapt::test::TempDir;
+using vadapt::test::tensors_close;
+
+namespace {
+
+model::LlamaForCausalLM load_fixture(const TempDir& tmp, const io::LlamaConfig& cfg,
+                                     torch::ScalarType dtype = torch::kFloat32) {
+  vadapt::test::write_tiny_llama(tmp.path(), cfg);
+  return model::load_llama(tmp.path(), dtype, torch::kCPU);
+}
+
+torch::Tensor full_logits(model::LlamaForCausalLM& lm, const torch::Tensor& ids) {
+  model::ForwardContext ctx;
+  return lm->forward(ids, ctx);  // (B, T, V)
+}
+
+}  // namespace
+
+class LlamaVariants : public ::testing::TestWithParam<std::tuple<bool, bool, bool>> {};
+
+TEST_P(LlamaVariants, KVCacheDecodeEqualsFullRecompute) {
+  auto [gqa, tied, bias] = GetParam();
+  TempDir tmp;
+  auto lm = load_fixture(tmp, vadapt::test::tiny_llama_config(gqa, tied, bias));
+  torch::NoGradGuard ng;
+  auto ids = torch::randint(0, 300, {2, 12}, torch::kInt64);
+  auto full = full_logits(lm, ids);  // (2, 12, V)
+  auto cache = lm->make_cache(2, 12);
+  model::ForwardContext ctx;
+  ctx.cache = &cache;
+  std::vector<torch::Tensor> steps;
+  steps.push_back(lm->forward(ids.narrow(1, 0, 5), ctx));  // prefill 5
+  for (int64_t t = 5; t < 12; ++t) steps.push_back(lm->forward(ids.narrow(1, t, 1), ctx));
+  EXPECT_TRUE(tensors_close(torch::cat(steps, 1), full, 1e-5));
+  EXPECT_EQ(cache.length(), 12);
+}
+
+INSTANTIATE_TEST_SUITE_P(Configs, LlamaVariants,
+                         ::testing::Values(std::make_tuple(true, false, false), std::make_tuple(false, true, false),
+                                           std::make_tuple(true, true, true)));
+
+TEST(Llama, LeftPaddedBatchEqualsSingleRuns) {
+  TempDir tmp;
+  auto lm = load_fixture(tmp, vadapt::test::tiny_llama_config());
+  torch::NoGradGuard ng;
+  auto a = torch::randint(0, 300, {1, 9}, torch::kInt64);
+  auto b = torch::randint(0, 300, {1, 4}, torch::kInt64);
+  auto ids = torch::zeros({2, 9}, torch::kInt64);
+  ids[0].copy_(a[0]);
+  ids[1].narrow(0, 5, 4).copy_(b[0]);
+  auto mask = torch::ones({2, 9}, torch::kInt64);
+  mask[1].narrow(0, 0, 5).zero_();
+  model::ForwardContext ctx;
+  ctx.attention_mask = mask;
+  ctx.position_ids = (mask.cumsum(1) - 1).clamp_min(0);
+  auto batched = lm->forward(ids, ctx);  // (2, 9, V)
+  EXPECT_TRUE(tensors_close(batched[0], full_logits(lm, a)[0], 1e-5));
+  EXPECT_TRUE(tensors_close(batched[1].narrow(0, 5, 4), full_logits(lm, b)[0], 1e-5));
+}
+
+TEST(Llama, Bf16IsCloseToF32) {
+  TempDir tmp;
+  auto cfg = vadapt::test::tiny_llama_config();
+  auto lm32 = load_fixture(tmp, cfg);
+  auto lm16 = model::load_llama(tmp.path(), torch::kBFloat16, torch::kCPU);
+  torch::NoGradGuard ng;
+  auto ids = torch::randint(0, 300, {1, 10}, torch::kInt64);
+  auto a = full_logits(lm32, ids);
+  auto b = full_logits(lm16, ids).to(torch::kFloat32);
+  EXPECT_EQ(lm16->dtype(), torch::kBFloat16);
+  EXPECT_TRUE(tensors_close(b, a, 0.1, 0.05));
+  EXPECT_EQ(b.argmax(-1).eq(a.argmax(-1)).to(torch::kFloat32).mean().item<float>() >= 0.8f, true);
+}
+
+namespace {
+struct IdentityProjection : model::ProjectionAdapter {
+  int calls = 0;
+  torch::Tensor apply(const torch::Tensor&, torch::Tensor y) override { return ++calls, y; }
+};
+struct ZeroPrefix : model::AttentionPrefix {
+  torch::Tensor attend(const torch::Tensor& q, const model::AttentionView&, const model::ForwardContext&) override {
+    return torch::zeros_like(q);
+  }
+};
+struct IdentitySublayer : model::SublayerAdapter {
+  torch::Tensor apply(const torch::Tensor& x, model::Sublayer, int64_t, const model::ForwardContext&) override { return x; }
+};
+}  // namespace
+
+TEST(Llama, EmptyOrIdentitySeamsLeaveLogitsUnchanged) {
+  TempDir tmp;
+  auto lm = load_fixture(tmp, vadapt::test::tiny_llama_config());
+  torch::NoGradGuard ng;
+  auto ids = torch::randint(0, 300, {1, 7}, torch::kInt64);
+  auto base = full_logits(lm, ids);
+  auto proj = std::make_shared<IdentityProjection>();
+  for (int64_t l = 0; l < lm->config().num_hidden_layers; ++l) {
+    lm->layer(l).self_attn->q_proj->add_adapter(proj);
+    lm->layer(l).self_attn->prefix = std::make_shared<ZeroPrefix>();
+    lm->layer(l).hooks.adapters.push_back(std::make_shared<IdentitySublayer>());
+  }
+  EXPECT_TRUE(tensors_close(full_logits(lm, ids), base, 0.0));
+  EXPECT_EQ(proj->calls, 2);
+}
+
+TEST(Llama, LoadIsStrictAndFrozen) {
+  TempDir tmp;
+  auto lm = load_fixture(tmp, vadapt::test::tiny_llama_config());
+  auto pc = model::count_parameters(*lm);
+  EXPECT_EQ(pc.total, vadapt::test::tiny_llama_config().parameter_count());
+  EXPECT_EQ(pc.trainable, 0);
+  // A config that disagrees with the weights is reported by name.
+  auto j = io::read_json(tmp.file("config.json"));
+  j["intermediate_size"] = 65;
+  io::write_text_atomic(tmp.file("config.json"), j.dump());
+  try {
+    model::load_llama(tmp.path(), torch::kFloat32, torch::kCPU);
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.0.mlp.gate_proj.weight: shape [64, 32] in file, expected [65, 32]"),
+              std::string::npos) << e.what();
+  }
+}
+
+TEST(LlamaConfig, MissingKeysAndUnknownTypesAreNamed) {
+  nlohmann::json j = vadapt::test::tiny_llama_config().to_json();
+  j.erase("hidden_size");
+  try {
+    io::LlamaConfig::from_json(j, "cfg.json");
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_EQ(std::string(e.what()), "cfg.json: 'hidden_size': missing required key");
+  }
+  nlohmann::json k = {{"model_type", "gpt_neox"}};
+  try {
+    io::detect_model_kind(k, "cfg.json");
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("supported: llama"), std::string::npos) << e.what();
+  }
+  nlohmann::json bad = vadapt::test::tiny_llama_config().to_json();
+  bad["num_key_value_heads"] = 3;
+  EXPECT_THROW(io::LlamaConfig::from_json(bad, "cfg.json"), VadaptError);
+  bad = vadapt::test::tiny_llama_config().to_json();
+  bad["hidden_size"] = "big";
+  EXPECT_THROW(io::LlamaConfig::from_json(bad, "cfg.json"), VadaptError);
+}
+
+TEST(LlamaConfig, Llama3RopeScalingMatchesTheReferenceFormula) {
+  // Llama 3.1 8B: theta 500000, head_dim 128, factor 8, low 1, high 4, original 8192.
+  io::LlamaConfig c = vadapt::test::tiny_llama_config();
+  c.head_dim = 128;
+  c.rope_theta = 500000.0;
+  c.rope_scaling = io::RopeScaling{"llama3", 8.0, 1.0, 4.0, 8192};
+  auto inv = model::Rope::inv_freq(c);
+  // High-frequency dims are unchanged, low-frequency dims are divided by the factor.
+  EXPECT_NEAR(inv[0].item<float>(), 1.0f, 1e-7);
+  double base_last = 1.0 / std::pow(500000.0, 126.0 / 128.0);
+  EXPECT_NEAR(inv[63].item<double>(), base_last / 8.0, 1e-12);
+  // A medium band dim is interpolated: wavelen between 2048 and 8192.
+  for (int64_t i = 0; i < 64; ++i) {
+    double f = 1.0 / std::pow(500000.0, 2.0 * i / 128.0), w = 2 * M_PI / f;
+    if (w >= 2048 && w <= 8192) {
+      double s = (8192.0 / w - 1.0) / 3.0;
+      EXPECT_NEAR(inv[i].item<double>(), (1 - s) * f / 8 + s * f, 1e-6 * f) << i;
+    }
+  }
+}
+
+TEST(Llama, SequenceLongerThanMaxPositionsIsAnError) {
+  TempDir tmp;
+  auto lm = load_fixture(tmp, vadapt::test::tiny_llama_config());
+  auto ids = torch::zeros({1, 129}, torch::kInt64);
+  EXPECT_THROW(full_logits(lm, ids), VadaptError);
+  EXPECT_THROW(full_logits(lm, torch::full({1, 2}, 300, torch::kInt64)), VadaptError);  // id out of range
+}

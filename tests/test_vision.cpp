@@ -1,0 +1,117 @@
+// Vision towers on tiny fixtures, image decoding and the PIL-exact resampler, without ../shared.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "common/error.h"
+#include "fixtures.h"
+#include "io/atomic_file.h"
+#include "model/load.h"
+#include "vision/image.h"
+#include "vision/preprocess.h"
+#include "vision/resample.h"
+#include "vision/vision_tower.h"
+
+using namespace vadapt;
+using vadapt::test::TempDir;
+using vadapt::test::tensors_close;
+
+namespace {
+vision::Image gradient_image(int w, int h) {
+  vision::Image img;
+  img.width = w;
+  img.height = h;
+  img.rgb.resize(static_cast<size_t>(w) * h * 3);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x)
+      for (int c = 0; c < 3; ++c) img.rgb[(static_cast<size_t>(y) * w + x) * 3 + c] = static_cast<uint8_t>((x * 7 + y * 3 + c * 50) % 256);
+  return img;
+}
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const VadaptError& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(VisionTower, TinyViTAndClipLoadStrictlyAndGiveAllHiddenStates) {
+  TempDir vit_dir, clip_dir;
+  vadapt::test::write_tiny_vit(vit_dir.path());
+  vadapt::test::write_tiny_clip(clip_dir.path());
+  torch::NoGradGuard ng;
+  auto px = torch::randn({2, 3, 32, 32});
+  auto vit = vision::load_vision_tower(vit_dir.path(), torch::kFloat32, torch::kCPU);
+  auto out = vit->encode(px);
+  EXPECT_EQ(out.hidden_states.size(), 3u);
+  EXPECT_EQ(out.last_hidden_state.sizes(), (std::vector<int64_t>{2, 17, 32}));
+  EXPECT_EQ(out.head.sizes(), (std::vector<int64_t>{2, 10}));
+  EXPECT_EQ(vision::select_patch_features(out, -2).sizes(), (std::vector<int64_t>{2, 16, 32}));
+  auto clip = vision::load_vision_tower(clip_dir.path(), torch::kFloat32, torch::kCPU);
+  auto co = clip->encode(px);
+  EXPECT_EQ(co.hidden_states.size(), 4u);
+  EXPECT_EQ(co.head.sizes(), (std::vector<int64_t>{2, 16}));
+  EXPECT_EQ(model::count_parameters(clip->module()).trainable, 0);
+  // Batch rows are independent.
+  auto single = clip->encode(px.narrow(0, 1, 1));
+  EXPECT_TRUE(tensors_close(single.pooled[0], co.pooled[1], 1e-5));
+  EXPECT_THROW(clip->encode(torch::randn({1, 3, 64, 64})), c10::Error);
+}
+
+TEST(Image, PngRoundTripAndFormatDetectedFromBytes) {
+  TempDir tmp;
+  auto img = gradient_image(13, 7);
+  vision::write_png(tmp.file("named-like-a.jpg"), img);  // a PNG with a misleading extension
+  auto back = vision::decode_image_file(tmp.file("named-like-a.jpg"));
+  EXPECT_EQ(back.format, "PNG");
+  EXPECT_EQ(back.width, 13);
+  EXPECT_EQ(back.rgb, img.rgb);
+}
+
+TEST(Image, CorruptTruncatedAndEmptyFilesGiveErrorsNamingTheFile) {
+  TempDir tmp;
+  io::write_text_atomic(tmp.file("empty.png"), "");
+  EXPECT_NE(error_of([&] { vision::decode_image_file(tmp.file("empty.png")); }).find("empty.png: empty image file"), std::string::npos);
+  io::write_text_atomic(tmp.file("text.jpg"), "hello, not an image");
+  EXPECT_NE(error_of([&] { vision::decode_image_file(tmp.file("text.jpg")); }).find("unrecognised image format"), std::string::npos);
+  vision::write_png(tmp.file("ok.png"), gradient_image(20, 20));
+  auto bytes = io::read_text_file(tmp.file("ok.png"));
+  io::write_text_atomic(tmp.file("trunc.png"), bytes.substr(0, bytes.size() / 2));
+  EXPECT_NE(error_of([&] { vision::decode_image_file(tmp.file("trunc.png")); }).find("trunc.png"), std::string::npos);
+  std::string jpeg_head("\xFF\xD8\xFF\xE0\x00\x10JFIF\x00", 11);
+  io::write_text_atomic(tmp.file("trunc.jpg"), jpeg_head);
+  EXPECT_NE(error_of([&] { vision::decode_image_file(tmp.file("trunc.jpg")); }).find("corrupt JPEG"), std::string::npos);
+  EXPECT_NE(error_of([&] { vision::decode_image_file(tmp.file("missing.png")); }).find("missing.png"), std::string::npos);
+}
+
+TEST(Resample, IdentityConstantAndShape) {
+  auto img = gradient_image(40, 30);
+  auto same = vision::resize_pil(img, 40, 30, vision::Filter::kBicubic);
+  EXPECT_EQ(same.rgb, img.rgb);
+  vision::Image flat = img;
+  std::fill(flat.rgb.begin(), flat.rgb.end(), 77);
+  for (auto f : {vision::Filter::kBicubic, vision::Filter::kBilinear}) {
+    auto r = vision::resize_pil(flat, 17, 55, f);
+    EXPECT_EQ(r.width, 17);
+    EXPECT_EQ(r.height, 55);
+    EXPECT_TRUE(std::all_of(r.rgb.begin(), r.rgb.end(), [](uint8_t v) { return v == 77; }));
+  }
+}
+
+TEST(Preprocess, ClipShortestEdgeFloorsAndCentreCrops) {
+  // 640x574 -> 249x224 (floor of 249.76), crop left (249-224)//2 = 12.
+  auto img = gradient_image(640, 574);
+  auto cfg = vision::PreprocessConfig::named("clip224");
+  auto u8 = vision::prepare_uint8(img, cfg);
+  EXPECT_EQ(u8.width, 224);
+  EXPECT_EQ(u8.height, 224);
+  auto full = vision::resize_pil(img, 249, 224, vision::Filter::kBicubic);
+  EXPECT_EQ(u8.at(0, 0, 0), full.at(0, 12, 0));
+  EXPECT_EQ(u8.at(100, 5, 2), full.at(100, 17, 2));
+  auto t = vision::preprocess(img, vision::PreprocessConfig::named("llava_pad336"));
+  EXPECT_EQ(t.sizes(), (std::vector<int64_t>{3, 336, 336}));
+  EXPECT_THROW(vision::PreprocessConfig::named("clipxyz"), VadaptError);
+  EXPECT_THROW(vision::PreprocessConfig::named("sobel"), VadaptError);
+}
