@@ -36,7 +36,7 @@ io::LlamaConfig tiny_llama_config(bool gqa, bool tied, bool bias) {
   c.num_key_value_heads = gqa ? 2 : 4;
   c.head_dim = 8;
   c.vocab_size = 300;
-  c.max_position_embeddings = 128;
+  c.max_position_embeddings = 512;
   c.rms_norm_eps = 1e-5;
   c.tie_word_embeddings = tied;
   c.attention_bias = bias;

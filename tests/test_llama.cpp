@@ -183,7 +183,7 @@ TEST(LlamaConfig, Llama3RopeScalingMatchesTheReferenceFormula) {
 TEST(Llama, SequenceLongerThanMaxPositionsIsAnError) {
   TempDir tmp;
   auto lm = load_fixture(tmp, vadapt::test::tiny_llama_config());
-  auto ids = torch::zeros({1, 129}, torch::kInt64);
+  auto ids = torch::zeros({1, 513}, torch::kInt64);
   EXPECT_THROW(full_logits(lm, ids), VadaptError);
   EXPECT_THROW(full_logits(lm, torch::full({1, 2}, 300, torch::kInt64)), VadaptError);  // id out of range
 }

@@ -18,6 +18,7 @@ class SentencePieceTokenizer : public Tokenizer {
   std::string decode(const std::vector<int64_t>& ids) const override;
   int64_t vocab_size() const override { return vocab_size_; }
   int64_t token_to_id(const std::string& token) const override;
+  bool has_dummy_prefix() const override { return true; }
 
  private:
   const SentencePiecePlugin* api_;

@@ -19,6 +19,8 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   // Id of a token string (e.g. "<|eot_id|>"), or -1.
   virtual int64_t token_to_id(const std::string& token) const = 0;
+  // SentencePiece prepends a space ("▁") to every encoded text.
+  virtual bool has_dummy_prefix() const { return false; }
 
   int64_t bos_id() const { return bos_id_; }
   int64_t eos_id() const { return eos_id_; }

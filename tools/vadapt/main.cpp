@@ -11,10 +11,16 @@
 #include "common/log.h"
 #include "generate/generator.h"
 #include "io/hf_config.h"
+#include "io/atomic_file.h"
 #include "io/json_file.h"
+#include "io/safetensors.h"
 #include "model/llama.h"
 #include "model/load.h"
+#include "text/prompt.h"
 #include "text/tokenizer.h"
+#include "train/recipe.h"
+#include "train/run_recipe.h"
+#include "vlm/vision_language_model.h"
 #include "vision/image.h"
 #include "vision/preprocess.h"
 #include "vision/vision_tower.h"
@@ -35,13 +41,57 @@ torch::Device parse_device(const std::string& s) {
 struct GenerateArgs {
   std::string model, tokenizer, device = "cpu", dtype = "float32";
   std::vector<std::string> prompts;
+  std::string adapter, image;
   int64_t max_new_tokens = 128, top_k = 0;
   float temperature = 0.0f, top_p = 1.0f;
   uint64_t seed = 0;
   bool no_bos = false;
 };
 
+void print_speed(const generate::GenerateResult& res, size_t rows) {
+  const double prefill_tps = res.prefill_seconds > 0 ? res.prompt_tokens / res.prefill_seconds : 0;
+  const double decode_tps = res.decode_seconds > 0 ? (res.generated_tokens - static_cast<int64_t>(rows)) / res.decode_seconds : 0;
+  log_info(cat("prefill: ", res.prompt_tokens, " tokens, ", prefill_tps, " tok/s | decode: ", res.generated_tokens,
+               " tokens, ", decode_tps, " tok/s"));
+}
+
+generate::GenerateOptions make_options(const GenerateArgs& a, const text::Tokenizer& tok) {
+  generate::GenerateOptions opts;
+  opts.max_new_tokens = a.max_new_tokens;
+  opts.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
+  if (tok.eos_id() >= 0) opts.stop_ids.push_back(tok.eos_id());
+  return opts;
+}
+
+// With an adapter: the vision-language model answers about an image through its template.
+int run_generate_vlm(const GenerateArgs& a) {
+  auto device = parse_device(a.device);
+  auto m = vlm::load_vlm_checkpoint(a.adapter, device);
+  if (a.prompts.size() != 1) throw VadaptError("--adapter: give exactly one --prompt");
+  text::Conversation conv;
+  conv.turns.push_back({"user", (a.image.empty() ? "" : std::string(text::kImageTag) + "\n") + a.prompts[0]});
+  auto segs = m->chat_template().segments(conv, true);
+  auto enc = text::encode_segments(m->tokenizer(), segs, m->image_tokens());
+  torch::NoGradGuard ng;
+  torch::Tensor img;
+  if (!a.image.empty()) img = m->project(m->vision_features(m->load_pixels(a.image).unsqueeze(0)));  // (1, N, d)
+  auto ids = torch::tensor(enc.ids, torch::kInt64).unsqueeze(0);
+  auto x = m->embed(ids, img);  // (1, T, d)
+  generate::Generator gen(m->lm());
+  text::StreamDecoder stream(m->tokenizer());
+  auto res = gen.generate_embeds(x, {}, make_options(a, m->tokenizer()), [&](int64_t, int64_t id) {
+    std::cout << stream.push(id) << std::flush;
+    return true;
+  });
+  std::cout << stream.flush() << std::endl;
+  print_speed(res, 1);
+  return 0;
+}
+
 int run_generate(const GenerateArgs& a) {
+  if (!a.adapter.empty()) return run_generate_vlm(a);
+  if (!a.image.empty()) throw VadaptError("--image needs --adapter (a trained vision-language adapter)");
+  if (a.model.empty()) throw VadaptError("--model is required without --adapter");
   auto dtype = io::dtype_from_name(a.dtype, "--dtype");
   auto device = parse_device(a.device);
   Stopwatch load_sw;
@@ -54,10 +104,7 @@ int run_generate(const GenerateArgs& a) {
     if (p.empty()) throw VadaptError(cat("--prompt ", i, ": the prompt is empty (no tokens); give some text"));
     ids.push_back(std::move(p));
   }
-  generate::GenerateOptions opts;
-  opts.max_new_tokens = a.max_new_tokens;
-  opts.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
-  if (tok->eos_id() >= 0) opts.stop_ids.push_back(tok->eos_id());
+  auto opts = make_options(a, *tok);
   generate::Generator gen(lm);
   generate::GenerateResult res;
   if (ids.size() == 1) {
@@ -76,10 +123,63 @@ int run_generate(const GenerateArgs& a) {
     }
     std::cout.flush();
   }
-  const double prefill_tps = res.prefill_seconds > 0 ? res.prompt_tokens / res.prefill_seconds : 0;
-  const double decode_tps = res.decode_seconds > 0 ? (res.generated_tokens - static_cast<int64_t>(ids.size())) / res.decode_seconds : 0;
-  log_info(cat("prefill: ", res.prompt_tokens, " tokens, ", prefill_tps, " tok/s | decode: ", res.generated_tokens,
-               " tokens, ", decode_tps, " tok/s"));
+  print_speed(res, ids.size());
+  return 0;
+}
+
+struct TrainArgs {
+  std::string recipe, out, stage, resume;
+  std::vector<std::string> overrides;
+};
+
+int run_train(const TrainArgs& a) {
+  auto recipe = train::load_recipe(a.recipe, a.overrides);
+  auto results = train::run_recipe(recipe, a.out, a.stage, a.resume);
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& r : results)
+    j.push_back({{"stage", r.name}, {"adapter", r.out_dir}, {"steps", r.result.steps}, {"last_loss", r.result.last_loss},
+                 {"val_loss_before", r.result.val_loss_before}, {"val_loss_after", r.result.val_loss_after},
+                 {"trainable_parameters", r.result.trainable}, {"total_parameters", r.result.total},
+                 {"seconds", r.result.seconds}});
+  std::cout << j.dump(2) << std::endl;
+  return 0;
+}
+
+int run_inspect_recipe(const std::string& path, const std::vector<std::string>& overrides) {
+  auto recipe = train::load_recipe(path, overrides);
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& st : recipe.stages) {
+    auto c = vlm::VisionLanguageModel::count_from_configs(st.spec);
+    c["stage"] = st.name;
+    c["tune"] = st.spec.tune;
+    c["connector"] = st.spec.connector;
+    j.push_back(c);
+  }
+  std::cout << j.dump(2) << std::endl;
+  return 0;
+}
+
+// Folds LoRA into the LLM and writes a Hugging Face folder (plus the projector beside it).
+int run_merge(const std::string& adapter, const std::string& out) {
+  auto m = vlm::load_vlm_checkpoint(adapter);
+  if (m->spec().tune != "lora") throw VadaptError(cat(adapter, ": merge needs a LoRA adapter (tune: lora), got '", m->spec().tune, "'"));
+  m->adapters()->merge_into(*m->lm());
+  std::filesystem::create_directories(out);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& p : m->lm()->named_parameters()) tensors.emplace_back(p.key(), p.value());
+  io::write_safetensors(out + "/model.safetensors", tensors, {{"format", "pt"}});
+  io::write_text_atomic(out + "/config.json", m->lm()->config().to_json().dump(2));
+  for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+    auto src = std::filesystem::path(m->spec().llm) / f;
+    if (std::filesystem::exists(src))
+      std::filesystem::copy_file(src, std::filesystem::path(out) / f, std::filesystem::copy_options::overwrite_existing);
+  }
+  std::vector<std::pair<std::string, torch::Tensor>> proj;
+  for (const auto& [k, v] : m->trainable_state())
+    if (k.rfind("mm_projector.", 0) == 0) proj.emplace_back(k, v);
+  io::write_safetensors(out + "/mm_projector.safetensors", proj);
+  log_info(cat("merged ", adapter, " into ", out));
+  std::cout << nlohmann::json{{"merged", out}}.dump() << std::endl;
   return 0;
 }
 
@@ -170,7 +270,9 @@ int main(int argc, char** argv) {
 
   GenerateArgs ga;
   auto* gen = app.add_subcommand("generate", "generate text from a prompt with a Llama-family model");
-  gen->add_option("--model", ga.model, "Hugging Face model folder (config.json + safetensors)")->required();
+  gen->add_option("--model", ga.model, "Hugging Face model folder (config.json + safetensors)");
+  gen->add_option("--adapter", ga.adapter, "trained vision-language adapter folder (from vadapt train)");
+  gen->add_option("--image", ga.image, "image to ask about (with --adapter)");
   gen->add_option("--tokenizer", ga.tokenizer, "tokenizer folder or file (default: the model folder)");
   gen->add_option("--prompt", ga.prompts, "prompt text (repeat for a batch)")->required();
   gen->add_option("--max-new-tokens", ga.max_new_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
@@ -191,9 +293,25 @@ int main(int argc, char** argv) {
   enc->add_option("--dtype", ea.dtype, "float32 | bfloat16 | float16");
   enc->add_option("--device", ea.device, "cpu | cuda[:N]");
 
-  std::string inspect_dir;
-  auto* insp = app.add_subcommand("inspect", "print a model's config, parameter count and memory as JSON");
-  insp->add_option("dir", inspect_dir, "model folder")->required();
+  std::string inspect_dir, inspect_recipe;
+  std::vector<std::string> inspect_overrides;
+  auto* insp = app.add_subcommand("inspect", "print a model's (or a recipe's) config, parameter counts and memory as JSON");
+  insp->add_option("dir", inspect_dir, "model folder");
+  insp->add_option("--recipe", inspect_recipe, "recipe YAML: parameter counts from configs alone, no weights");
+  insp->add_option("--set", inspect_overrides, "recipe override key.path=value");
+
+  TrainArgs ta;
+  auto* tr = app.add_subcommand("train", "train adapters with a recipe (all stages, or one)");
+  tr->add_option("--recipe", ta.recipe, "recipe YAML under recipes/")->required();
+  tr->add_option("--out", ta.out, "output folder (one subfolder per stage)")->required();
+  tr->add_option("--set", ta.overrides, "override key.path=value (repeatable)");
+  tr->add_option("--stage", ta.stage, "run only this stage");
+  tr->add_option("--resume", ta.resume, "checkpoint folder or 'latest'");
+
+  std::string merge_adapter, merge_out;
+  auto* mg = app.add_subcommand("merge", "fold a LoRA adapter into the LLM and write a Hugging Face folder");
+  mg->add_option("--adapter", merge_adapter, "LoRA adapter folder")->required();
+  mg->add_option("--out", merge_out, "output folder")->required();
 
   try {
     app.parse(argc, argv);
@@ -203,7 +321,13 @@ int main(int argc, char** argv) {
   set_log_level(quiet ? LogLevel::kQuiet : verbose ? LogLevel::kDebug : LogLevel::kInfo);
   try {
     if (*gen) return run_generate(ga);
-    if (*insp) return run_inspect(inspect_dir);
+    if (*insp) {
+      if (!inspect_recipe.empty()) return run_inspect_recipe(inspect_recipe, inspect_overrides);
+      if (inspect_dir.empty()) throw VadaptError("inspect: give a model folder or --recipe FILE");
+      return run_inspect(inspect_dir);
+    }
+    if (*tr) return run_train(ta);
+    if (*mg) return run_merge(merge_adapter, merge_out);
     if (*enc) return run_encode(ea);
   } catch (const VadaptError& e) {
     std::cerr << "vadapt: error: " << e.what() << std::endl;

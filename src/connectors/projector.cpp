@@ -1,0 +1,52 @@
+// LLaVA projector forward and initialisation.
+#include "connectors/projector.h"
+
+#include <cmath>
+
+#include "common/error.h"
+
+namespace vadapt::connectors {
+namespace {
+model::Projection linear_init(int64_t in, int64_t out, at::Generator& gen) {
+  model::Projection p(in, out, true, torch::TensorOptions().dtype(torch::kFloat32));
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  torch::NoGradGuard ng;
+  p->weight.uniform_(-bound, bound, gen);
+  p->bias.uniform_(-bound, bound, gen);
+  p->weight.set_requires_grad(true);
+  p->bias.set_requires_grad(true);
+  return p;
+}
+}  // namespace
+
+ProjectorImpl::ProjectorImpl(std::string type, int64_t c, int64_t d, uint64_t seed) : type_(std::move(type)) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  if (type_ == "linear") {
+    fc1 = linear_init(c, d, gen);
+    register_parameter("weight", fc1->weight);
+    register_parameter("bias", fc1->bias);
+  } else if (type_ == "mlp2x_gelu") {
+    fc1 = register_module("0", linear_init(c, d, gen));
+    fc2 = register_module("2", linear_init(d, d, gen));
+  } else if (type_ == "identity") {
+    if (c != d) throw VadaptError(cat("identity projector needs equal widths, got vision ", c, " and LLM ", d));
+  } else {
+    throw VadaptError(cat("unknown projector '", type_, "' (linear, mlp2x_gelu, identity)"));
+  }
+}
+
+torch::Tensor ProjectorImpl::forward(const torch::Tensor& x) {
+  if (type_ == "identity") return x;
+  auto h = fc1(x.to(fc1->weight.scalar_type()));  // (B, N, d)
+  if (type_ == "mlp2x_gelu") h = fc2(torch::gelu(h));  // (B, N, d)
+  return h;
+}
+
+int64_t ProjectorImpl::parameter_count(const std::string& type, int64_t c, int64_t d) {
+  if (type == "linear") return c * d + d;
+  if (type == "mlp2x_gelu") return c * d + d + d * d + d;
+  if (type == "identity") return 0;
+  throw VadaptError(cat("unknown projector '", type, "' (linear, mlp2x_gelu, identity)"));
+}
+
+}  // namespace vadapt::connectors

@@ -1,0 +1,207 @@
+// Dataset readers with record-level errors.
+#include "data/dataset.h"
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "io/json_file.h"
+
+namespace vadapt::data {
+namespace fs = std::filesystem;
+namespace {
+
+struct BadRecord : VadaptError {
+  using VadaptError::VadaptError;
+};
+
+[[noreturn]] void bad(const std::string& file, int64_t index, const std::string& field, const std::string& what) {
+  throw BadRecord(file, cat("record ", index, field.empty() ? "" : " field '" + field + "'"), what);
+}
+
+std::string resolve(const std::string& root, const std::string& p) {
+  if (p.empty() || fs::path(p).is_absolute()) return p;
+  return (fs::path(root) / p).string();
+}
+
+Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t index, const std::string& root) {
+  if (!r.is_object()) bad(file, index, "", "must be an object");
+  Sample s;
+  auto id = r.find("id");
+  if (id != r.end()) s.id = id->is_string() ? id->get<std::string>() : id->dump();
+  else s.id = std::to_string(index);
+  auto img = r.find("image");
+  if (img != r.end() && !img->is_null()) {
+    if (!img->is_string()) bad(file, index, "image", "must be a string path");
+    s.image = resolve(root, img->get<std::string>());
+  }
+  auto conv = r.find("conversations");
+  if (conv == r.end() || !conv->is_array() || conv->empty()) bad(file, index, "conversations", "missing or empty list");
+  for (size_t i = 0; i < conv->size(); ++i) {
+    const auto& t = (*conv)[i];
+    std::string f = "conversations[" + std::to_string(i) + "]";
+    if (!t.is_object() || !t.contains("from") || !t["from"].is_string()) bad(file, index, f + ".from", "missing string");
+    if (!t.contains("value") || !t["value"].is_string()) bad(file, index, f + ".value", "missing string");
+    std::string from = t["from"].get<std::string>();
+    std::string role = (from == "human" || from == "user") ? "user" : (from == "gpt" || from == "assistant") ? "assistant" : "";
+    if (role.empty()) bad(file, index, f + ".from", "expected human/user or gpt/assistant, got '" + from + "'");
+    const char* want = i % 2 == 0 ? "user" : "assistant";
+    if (role != want) bad(file, index, f + ".from", std::string("turns must alternate starting with the user; expected ") + want);
+    s.conv.turns.push_back({role, t["value"].get<std::string>()});
+  }
+  const std::string& first = s.conv.turns[0].text;
+  bool has_tag = false;
+  for (const auto& t : s.conv.turns) has_tag = has_tag || t.text.find(text::kImageTag) != std::string::npos;
+  if (!s.image.empty() && !has_tag) s.conv.turns[0].text = std::string(text::kImageTag) + "\n" + first;  // LLaVA default
+  if (s.image.empty() && has_tag) bad(file, index, "image", "conversation has <image> but the record has no image");
+  return s;
+}
+
+std::vector<Sample> load_llava(const std::string& path, const LoadOptions& o, LoadReport& rep) {
+  auto j = io::read_json(path);
+  if (!j.is_array()) raise(path, "", "expected a JSON list of records (LLaVA conversation format)");
+  std::vector<Sample> out;
+  for (size_t i = 0; i < j.size(); ++i) {
+    try {
+      out.push_back(parse_llava(j[i], path, static_cast<int64_t>(i), o.image_root));
+    } catch (const BadRecord& e) {
+      if (!o.skip_bad) throw;
+      ++rep.skipped;
+      log_warn(std::string("skipping: ") + e.what());
+    }
+  }
+  return out;
+}
+
+std::vector<Sample> load_coco(const std::string& path, const LoadOptions& o, LoadReport& rep) {
+  auto j = io::read_json(path);
+  if (!j.is_object() || !j.contains("images") || !j.contains("annotations"))
+    raise(path, "", "expected a COCO captions file with 'images' and 'annotations'");
+  std::map<int64_t, std::string> files;
+  for (size_t i = 0; i < j["images"].size(); ++i) {
+    const auto& im = j["images"][i];
+    if (!im.contains("id") || !im.contains("file_name")) raise(path, cat("images[", i, "]"), "needs id and file_name");
+    files[im["id"].get<int64_t>()] = im["file_name"].get<std::string>();
+  }
+  std::vector<Sample> out;
+  const auto& anns = j["annotations"];
+  for (size_t i = 0; i < anns.size(); ++i) {
+    const auto& a = anns[i];
+    try {
+      if (!a.contains("image_id") || !a["image_id"].is_number_integer()) bad(path, static_cast<int64_t>(i), "image_id", "missing integer");
+      if (!a.contains("caption") || !a["caption"].is_string()) bad(path, static_cast<int64_t>(i), "caption", "missing string");
+      auto f = files.find(a["image_id"].get<int64_t>());
+      if (f == files.end()) bad(path, static_cast<int64_t>(i), "image_id", "no image with this id in 'images'");
+      Sample s;
+      s.id = a.contains("id") ? a["id"].dump() : std::to_string(i);
+      s.image = resolve(o.image_root, f->second);
+      s.conv.turns = {{"user", text::kImageTag}, {"assistant", a["caption"].get<std::string>()}};
+      out.push_back(std::move(s));
+    } catch (const BadRecord& e) {
+      if (!o.skip_bad) throw;
+      ++rep.skipped;
+      log_warn(std::string("skipping: ") + e.what());
+    }
+  }
+  return out;
+}
+
+std::vector<Sample> load_jsonl(const std::string& path, const LoadOptions& o, LoadReport& rep) {
+  std::ifstream in(path);
+  if (!in) raise(path, "", "cannot open");
+  std::vector<Sample> out;
+  std::string line;
+  int64_t index = -1;
+  while (std::getline(in, line)) {
+    ++index;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    try {
+      nlohmann::json r;
+      try {
+        r = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        bad(path, index, "", std::string("invalid JSON: ") + e.what());
+      }
+      if (!r.is_object() || !r.contains("text") || !r["text"].is_string()) bad(path, index, "text", "missing string");
+      Sample s;
+      s.id = std::to_string(index);
+      if (r.contains("image")) {
+        if (!r["image"].is_string()) bad(path, index, "image", "must be a string path");
+        s.image = resolve(o.image_root, r["image"].get<std::string>());
+      }
+      std::string prompt = r.contains("prompt") && r["prompt"].is_string() ? r["prompt"].get<std::string>() : "";
+      s.conv.turns = {{"user", s.image.empty() ? prompt : std::string(text::kImageTag) + (prompt.empty() ? "" : "\n" + prompt)},
+                      {"assistant", r["text"].get<std::string>()}};
+      out.push_back(std::move(s));
+    } catch (const BadRecord& e) {
+      if (!o.skip_bad) throw;
+      ++rep.skipped;
+      log_warn(std::string("skipping: ") + e.what());
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+std::vector<Sample> load_dataset(const std::string& path, const LoadOptions& opts_in, LoadReport* report) {
+  LoadOptions o = opts_in;
+  if (!fs::exists(path)) raise(path, "", "dataset file does not exist");
+  if (o.image_root.empty()) o.image_root = fs::path(path).parent_path().string();
+  std::string fmt = o.format;
+  if (fmt.empty()) {
+    std::string ext = fs::path(path).extension().string();
+    if (ext == ".jsonl") fmt = "jsonl";
+    else if (fs::path(path).filename().string().rfind("captions_", 0) == 0) fmt = "coco";
+    else fmt = "llava";
+  }
+  LoadReport rep;
+  std::vector<Sample> out;
+  if (fmt == "llava") out = load_llava(path, o, rep);
+  else if (fmt == "coco") out = load_coco(path, o, rep);
+  else if (fmt == "jsonl") out = load_jsonl(path, o, rep);
+  else raise(path, "format", "unknown dataset format '", fmt, "' (llava, coco, jsonl)");
+  if (o.check_images) {
+    std::vector<std::string> missing;
+    std::vector<Sample> kept;
+    for (auto& s : out) {
+      if (!s.image.empty() && !fs::exists(s.image)) {
+        missing.push_back(s.image);
+        if (o.skip_bad) { ++rep.skipped; continue; }
+      }
+      kept.push_back(std::move(s));
+    }
+    if (!missing.empty() && !o.skip_bad) {
+      std::string list;
+      for (size_t i = 0; i < missing.size() && i < 5; ++i) list += "\n  " + missing[i];
+      raise(path, "image", missing.size(), " image file(s) not found (use --skip-bad to skip them):", list,
+            missing.size() > 5 ? "\n  ..." : "");
+    }
+    if (!missing.empty()) log_warn(cat("skipped ", missing.size(), " samples with missing images"));
+    out = std::move(kept);
+  }
+  if (o.split_every > 0 && !o.split.empty()) {
+    if (o.split != "train" && o.split != "val") raise(path, "split", "expected train or val, got '", o.split, "'");
+    std::vector<std::string> images;
+    for (const auto& s : out) if (!s.image.empty()) images.push_back(s.image);
+    std::sort(images.begin(), images.end());
+    images.erase(std::unique(images.begin(), images.end()), images.end());
+    std::vector<Sample> kept;
+    for (size_t i = 0; i < out.size(); ++i) {
+      int64_t rank = out[i].image.empty() ? static_cast<int64_t>(i)
+                                          : std::lower_bound(images.begin(), images.end(), out[i].image) - images.begin();
+      bool is_val = rank % o.split_every == 0;
+      if (is_val == (o.split == "val")) kept.push_back(std::move(out[i]));
+    }
+    out = std::move(kept);
+  }
+  if (o.limit >= 0 && static_cast<int64_t>(out.size()) > o.limit) out.resize(static_cast<size_t>(o.limit));
+  rep.loaded = static_cast<int64_t>(out.size());
+  if (out.empty()) raise(path, "", "no usable samples");
+  if (report) *report = rep;
+  return out;
+}
+
+}  // namespace vadapt::data

@@ -1,0 +1,42 @@
+// Training / evaluation data as conversations with an optional image:
+//  llava    LLaVA conversation JSON: [{id, image?, conversations: [{from: human|gpt, value}]}]
+//           (ScienceQA in LLaVA's llava_test_CQM-A.json form is this format too)
+//  coco     COCO captions annotations/captions_*.json: one sample per caption
+//  jsonl    one {"image": ..., "text": ...} per line (a caption per image)
+// A malformed record gets an error naming file, record index and field; with skip_bad it is
+// counted and skipped. Missing image files are all reported up front.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "text/prompt.h"
+
+namespace vadapt::data {
+
+struct Sample {
+  std::string id;
+  std::string image;  // resolved path, or empty for a text-only sample
+  text::Conversation conv;
+};
+
+struct LoadOptions {
+  std::string format;      // llava | coco | jsonl; empty: from the file name / content
+  std::string image_root;  // relative image paths are resolved against it (default: the file's folder)
+  bool skip_bad = false;
+  bool check_images = true;
+  int64_t limit = -1;  // keep at most this many samples (after skipping)
+  // Deterministic held-out split by image: with split_every = k, every k-th distinct image (in
+  // sorted order; text-only samples by index) goes to "val", the rest to "train".
+  int64_t split_every = 0;
+  std::string split;  // "", "train" or "val"
+};
+
+struct LoadReport {
+  int64_t loaded = 0;
+  int64_t skipped = 0;
+};
+
+std::vector<Sample> load_dataset(const std::string& path, const LoadOptions& opts, LoadReport* report = nullptr);
+
+}  // namespace vadapt::data

@@ -1,0 +1,63 @@
+// Conversation templates and the prompt builder. A prompt is built segment by segment (system,
+// user turns, image, assistant turns), and input_ids, labels and image positions are produced
+// together from the same segments, so labels can never drift from the tokens (LLaVA's
+// "tokenization mismatch"). Loss only on assistant turns (labels elsewhere = kIgnore).
+// Templates: plain (LLaVA stage 1), vicuna_v1, llama_2, chatml, alpaca.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "text/tokenizer.h"
+
+namespace vadapt::text {
+
+constexpr int64_t kIgnore = -100;
+constexpr int64_t kImageToken = -200;  // placeholder id, replaced by projected image features
+constexpr const char* kImageTag = "<image>";
+
+struct Turn {
+  std::string role;  // "user" | "assistant"
+  std::string text;  // may contain one "<image>"
+};
+
+struct Conversation {
+  std::string system;  // empty: the template's default
+  std::vector<Turn> turns;
+};
+
+struct Segment {
+  enum Kind { kText, kImage, kEos, kBos } kind = kText;
+  std::string text;
+  bool train = false;  // contributes to the loss
+};
+
+struct EncodedPrompt {
+  std::vector<int64_t> ids;     // kImageToken at image positions
+  std::vector<int64_t> labels;  // kIgnore outside assistant turns
+  int64_t num_images = 0;
+};
+
+class ChatTemplate {
+ public:
+  static ChatTemplate by_name(const std::string& name);
+  const std::string& name() const { return name_; }
+  // Segments for a conversation; with add_generation_prompt the last turn must be the user's
+  // and the segments end where the assistant's answer starts.
+  std::vector<Segment> segments(const Conversation& c, bool add_generation_prompt) const;
+  // The exact text those segments spell ("<image>" and "</s>" written out).
+  std::string render(const Conversation& c, bool add_generation_prompt) const;
+
+ private:
+  std::string name_;
+};
+
+// Tokenises segments independently and concatenates; image segments become `image_tokens`
+// copies of kImageToken. For SentencePiece a segment's single leading space is carried by the
+// tokenizer's dummy prefix.
+EncodedPrompt encode_segments(const Tokenizer& tok, const std::vector<Segment>& segs, int64_t image_tokens);
+
+std::vector<std::string> template_names();
+
+}  // namespace vadapt::text

@@ -1,0 +1,43 @@
+// Recipes: YAML files under recipes/ that name the method, the frozen models, the connector and
+// one or more training stages (LLaVA: stage 1 projector alignment on captions, stage 2 visual
+// instruction tuning). `--set a.b.c=value` overrides any key. "${shared}" in a path expands to
+// $VADAPT_SHARED_DIR (default: ../shared beside the working directory).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "train/trainer.h"
+#include "vlm/vlm_spec.h"
+
+namespace vadapt::train {
+
+struct StageData {
+  std::string train, val, format, image_root;
+  int64_t limit = -1, val_limit = -1;
+  int64_t split_every = 0;  // > 0: train/val from one file, every k-th image held out
+  bool skip_bad = false;
+};
+
+struct Stage {
+  std::string name;
+  vlm::VlmSpec spec;
+  StageData data;
+  TrainConfig train;
+  std::string init_from;  // earlier stage whose projector initialises this one
+};
+
+struct Recipe {
+  std::string source;
+  std::vector<Stage> stages;
+  nlohmann::json raw;  // after overrides
+};
+
+// Reads YAML (or JSON) from `path` and applies "key.path=value" overrides.
+Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides);
+nlohmann::json yaml_file_to_json(const std::string& path);
+std::string expand_vars(const std::string& s);
+
+}  // namespace vadapt::train

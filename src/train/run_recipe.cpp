@@ -1,0 +1,49 @@
+// Multi-stage recipe execution.
+#include "train/run_recipe.h"
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "common/log.h"
+#include "io/atomic_file.h"
+
+namespace vadapt::train {
+
+std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir, const std::string& only_stage,
+                                    const std::string& resume) {
+  std::vector<StageResult> out;
+  bool matched = only_stage.empty();
+  for (const auto& st : r.stages) {
+    if (!only_stage.empty() && st.name != only_stage) continue;
+    matched = true;
+    log_info(cat("== stage ", st.name, " =="));
+    vlm::VisionLanguageModel m(st.spec);
+    if (!st.init_from.empty()) m.init_projector_from(out_dir + "/" + st.init_from);
+    data::LoadOptions lo;
+    lo.format = st.data.format;
+    lo.image_root = st.data.image_root;
+    lo.skip_bad = st.data.skip_bad;
+    lo.limit = st.data.limit;
+    lo.split_every = st.data.split_every;
+    lo.split = st.data.split_every > 0 ? "train" : "";
+    data::LoadReport rep;
+    auto train_set = data::load_dataset(st.data.train, lo, &rep);
+    if (rep.skipped) log_warn(cat(rep.skipped, " bad training records skipped"));
+    std::vector<data::Sample> val_set;
+    if (!st.data.val.empty() || st.data.split_every > 0) {
+      lo.limit = st.data.val_limit;
+      lo.split = st.data.split_every > 0 ? "val" : "";
+      val_set = data::load_dataset(st.data.val.empty() ? st.data.train : st.data.val, lo);
+    }
+    TrainConfig cfg = st.train;
+    cfg.out_dir = out_dir + "/" + st.name;
+    cfg.resume = resume;
+    Trainer t(m, std::move(train_set), std::move(val_set), cfg);
+    StageResult sr{st.name, cfg.out_dir, t.fit()};
+    out.push_back(sr);
+  }
+  if (!matched) throw VadaptError(cat(r.source, ": no stage named '", only_stage, "'"));
+  return out;
+}
+
+}  // namespace vadapt::train

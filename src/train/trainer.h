@@ -1,0 +1,73 @@
+// The one Trainer for every method: AdamW over parameter groups (per-group lr, no weight decay
+// on biases / norms / 1-D tensors), warmup + cosine / linear / half-cosine schedules, gradient
+// accumulation and clipping, seeded data order, one log line per log step (stderr), a CSV of
+// the curve, atomic checkpoints holding only what trains plus the trainer state for an exact
+// resume, keep-last-N.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "data/dataset.h"
+#include "vlm/vision_language_model.h"
+
+namespace vadapt::train {
+
+struct TrainConfig {
+  int64_t epochs = 1;
+  int64_t max_steps = -1;   // optimizer steps; -1: epochs decide
+  int64_t batch_size = 8;   // per micro-batch
+  int64_t grad_accum = 1;
+  double lr = 2e-3;
+  double blr = -1;          // > 0: lr = blr * global_batch / 256
+  double lr_projector = -1; // < 0: lr
+  double weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  double max_grad_norm = 1.0;  // <= 0: no clipping
+  double warmup_ratio = 0.03;
+  std::string schedule = "cosine";
+  int64_t max_seq_len = 512;
+  uint64_t seed = 0;
+  int64_t log_every = 10;
+  int64_t save_every = 0;   // optimizer steps; 0: only at the end
+  int64_t keep_last = 2;
+  int64_t eval_every = 0;
+  int64_t eval_batches = -1;  // -1: the whole validation set
+  std::string out_dir;
+  std::string resume;       // checkpoint folder or "latest"
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  double last_loss = 0;
+  double val_loss_before = -1, val_loss_after = -1;
+  double seconds = 0;
+  int64_t trainable = 0, total = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(vlm::VisionLanguageModel& model, std::vector<data::Sample> train, std::vector<data::Sample> val, TrainConfig cfg);
+  TrainResult fit();
+  // Mean loss per target token over `data` (teacher forcing, no grad).
+  double evaluate(const std::vector<data::Sample>& data, int64_t max_batches = -1);
+  // Loss of each logged step so far (for tests and plots).
+  const std::vector<double>& losses() const { return losses_; }
+
+ private:
+  text::EncodedPrompt encode(const data::Sample& s) const;
+  vlm::Batch make_batch(const std::vector<data::Sample>& data, const std::vector<size_t>& idx) const;
+  std::vector<size_t> epoch_order(int64_t epoch) const;
+  void save_checkpoint(int64_t step, torch::optim::Optimizer& opt) const;
+  int64_t load_checkpoint(const std::string& dir, torch::optim::Optimizer& opt);
+
+  vlm::VisionLanguageModel& m_;
+  std::vector<data::Sample> train_, val_;
+  TrainConfig cfg_;
+  std::vector<double> losses_;
+};
+
+// The checkpoint-<step> folders under `out_dir`, oldest first.
+std::vector<std::string> list_checkpoints(const std::string& out_dir);
+
+}  // namespace vadapt::train

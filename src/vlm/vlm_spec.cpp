@@ -1,0 +1,56 @@
+// VlmSpec <-> adapter_config.json.
+#include "vlm/vlm_spec.h"
+
+#include "common/error.h"
+#include "io/json_file.h"
+
+namespace vadapt::vlm {
+
+nlohmann::json VlmSpec::to_json() const {
+  nlohmann::json j = {{"method", method},
+                      {"base_model_name_or_path", llm},
+                      {"vision_tower", vision},
+                      {"mm_projector_type", connector},
+                      {"mm_vision_select_layer", feature_layer},
+                      {"preprocess", preprocess},
+                      {"template", template_name},
+                      {"tune", tune},
+                      {"dtype", dtype},
+                      {"seed", seed},
+                      {"task_type", "CAUSAL_LM"}};
+  if (tune == "lora") {
+    j["peft_type"] = "LORA";
+    j["r"] = lora.lora.r;
+    j["lora_alpha"] = lora.lora.alpha;
+    j["lora_dropout"] = lora.lora.dropout;
+    j["target_modules"] = lora.target_modules;
+    j["bias"] = "none";
+  }
+  return j;
+}
+
+VlmSpec VlmSpec::from_json(const nlohmann::json& j, const std::string& src) {
+  VlmSpec s;
+  s.method = io::json_get_or<std::string>(j, "method", "llava", src);
+  if (s.method != "llava") raise(src, "method", "unsupported method '", s.method, "' (implemented: llava)");
+  s.llm = io::json_get<std::string>(j, "base_model_name_or_path", src);
+  s.vision = io::json_get<std::string>(j, "vision_tower", src);
+  s.connector = io::json_get_or<std::string>(j, "mm_projector_type", s.connector, src);
+  s.feature_layer = io::json_get_or<int64_t>(j, "mm_vision_select_layer", s.feature_layer, src);
+  s.preprocess = io::json_get_or<std::string>(j, "preprocess", "", src);
+  s.template_name = io::json_get_or<std::string>(j, "template", s.template_name, src);
+  s.tune = io::json_get_or<std::string>(j, "tune", s.tune, src);
+  if (s.tune != "projector" && s.tune != "lora" && s.tune != "full")
+    raise(src, "tune", "expected projector, lora or full, got '", s.tune, "'");
+  s.dtype = io::json_get_or<std::string>(j, "dtype", s.dtype, src);
+  s.seed = io::json_get_or<uint64_t>(j, "seed", 0, src);
+  if (s.tune == "lora") {
+    s.lora.lora.r = io::json_get<int64_t>(j, "r", src);
+    s.lora.lora.alpha = io::json_get<double>(j, "lora_alpha", src);
+    s.lora.lora.dropout = io::json_get_or<double>(j, "lora_dropout", 0.0, src);
+    s.lora.target_modules = io::json_get_or<std::vector<std::string>>(j, "target_modules", s.lora.target_modules, src);
+  }
+  return s;
+}
+
+}  // namespace vadapt::vlm

@@ -1,0 +1,306 @@
+// The training engine and the LLaVA recipe on tiny fixtures: templates, data errors, LoRA
+// invariants (zero-init = base, merge = unmerged), one step changes only trainable tensors,
+// save -> load and save -> resume are bitwise, parameter counts from configs alone.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "common/error.h"
+#include "data/dataset.h"
+#include "fixtures.h"
+#include "io/atomic_file.h"
+#include "io/safetensors.h"
+#include "train/lr_schedule.h"
+#include "train/recipe.h"
+#include "train/trainer.h"
+#include "vision/image.h"
+#include "vlm/vision_language_model.h"
+
+using namespace vadapt;
+using vadapt::test::TempDir;
+using vadapt::test::tensors_close;
+
+namespace {
+
+// A tiny LLaVA world: LLM + CLIP fixtures, 8 solid-colour images, a LLaVA JSON dataset.
+struct World {
+  TempDir dir;
+  std::string llm, clip, data;
+  World() {
+    llm = dir.file("llm");
+    clip = dir.file("clip");
+    vadapt::test::write_tiny_llama(llm, vadapt::test::tiny_llama_config());
+    vadapt::test::write_tiny_clip(clip);
+    nlohmann::json recs = nlohmann::json::array();
+    const char* names[] = {"red", "green", "blue", "white"};
+    const uint8_t rgb[4][3] = {{220, 20, 20}, {20, 200, 20}, {20, 20, 220}, {240, 240, 240}};
+    for (int i = 0; i < 8; ++i) {
+      vision::Image img;
+      img.width = img.height = 40;
+      img.rgb.resize(40 * 40 * 3);
+      for (size_t p = 0; p < img.rgb.size(); ++p) img.rgb[p] = rgb[i % 4][p % 3];
+      std::string f = "img" + std::to_string(i) + ".png";
+      vision::write_png(dir.file(f), img);
+      recs.push_back({{"id", i}, {"image", f},
+                      {"conversations", {{{"from", "human"}, {"value", "<image>\nWhat colour?"}},
+                                         {{"from", "gpt"}, {"value", std::string("the ") + names[i % 4]}}}}});
+    }
+    data = dir.file("train.json");
+    io::write_text_atomic(data, recs.dump());
+  }
+  vlm::VlmSpec spec(const std::string& tune) const {
+    vlm::VlmSpec s;
+    s.llm = llm;
+    s.vision = clip;
+    s.connector = "mlp2x_gelu";
+    s.preprocess = "clip32";
+    s.template_name = "vicuna_v1";
+    s.tune = tune;
+    s.lora.lora = {4, 8, 0.0};
+    return s;
+  }
+};
+
+torch::Tensor logits_of(vlm::VisionLanguageModel& m, const vlm::Batch& b) {
+  torch::NoGradGuard ng;
+  auto img = m.project(m.vision_features(b.pixels));
+  model::ForwardContext ctx;
+  return m.lm()->logits(m.lm()->forward_embeds(m.embed(b.ids, img), ctx));
+}
+
+vlm::Batch first_batch(vlm::VisionLanguageModel& m, const std::vector<data::Sample>& s) {
+  auto e = text::encode_segments(m.tokenizer(), m.chat_template().segments(s[0].conv, false), m.image_tokens());
+  return m.collate({e}, {s[0].image});
+}
+
+}  // namespace
+
+TEST(Templates, ExactTextOfEveryTemplate) {
+  text::Conversation c;
+  c.turns = {{"user", "<image>\nWhat is it?"}, {"assistant", "A cat."}};
+  EXPECT_EQ(text::ChatTemplate::by_name("vicuna_v1").render(c, false),
+            "<s>A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
+            "detailed, and polite answers to the user's questions. USER: <image>\nWhat is it? ASSISTANT: A cat.</s>");
+  EXPECT_EQ(text::ChatTemplate::by_name("plain").render(c, false), "<s><image>A cat.\n");
+  EXPECT_EQ(text::ChatTemplate::by_name("llama_2").render(c, false), "<s>[INST] <image>\nWhat is it? [/INST] A cat. </s>");
+  EXPECT_EQ(text::ChatTemplate::by_name("chatml").render(c, false),
+            "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>\n");
+  EXPECT_EQ(text::ChatTemplate::by_name("alpaca").render(c, false),
+            "<s>Below is an instruction that describes a task. Write a response that appropriately completes the "
+            "request.\n\n### Instruction:\n<image>\nWhat is it?\n\n### Response:A cat.</s>");
+  text::Conversation q;
+  q.turns = {{"user", "Hi"}};
+  std::string gen = text::ChatTemplate::by_name("vicuna_v1").render(q, true);
+  EXPECT_EQ(gen.substr(gen.size() - 20), " USER: Hi ASSISTANT:");
+  EXPECT_THROW(text::ChatTemplate::by_name("mpt"), VadaptError);
+  EXPECT_THROW(text::ChatTemplate::by_name("vicuna_v1").segments(c, true), VadaptError);  // last turn is the assistant's
+}
+
+TEST(Templates, LabelsCoverExactlyTheAssistantTurnsAndEos) {
+  TempDir tmp;
+  vadapt::test::write_tiny_tokenizer(tmp.path(), 300);
+  auto tok = text::load_tokenizer(tmp.path());
+  text::Conversation c;
+  c.turns = {{"user", "<image>\nhi"}, {"assistant", "in the"}, {"user", "more"}, {"assistant", "the"}};
+  auto e = text::encode_segments(*tok, text::ChatTemplate::by_name("vicuna_v1").segments(c, false), 3);
+  ASSERT_EQ(e.ids.size(), e.labels.size());
+  EXPECT_EQ(e.num_images, 1);
+  std::vector<int64_t> trained;
+  for (size_t i = 0; i < e.ids.size(); ++i)
+    if (e.labels[i] != text::kIgnore) {
+      trained.push_back(e.ids[i]);
+      EXPECT_EQ(e.labels[i], e.ids[i]);
+    }
+  // " in the" + </s>, then " the" + </s> (BPE merges: " the" = 260, "in" = 261, " " = 'Ġ' byte 32).
+  auto ans1 = tok->encode(" in the", false), ans2 = tok->encode(" the", false);
+  std::vector<int64_t> want = ans1;
+  want.push_back(257);
+  want.insert(want.end(), ans2.begin(), ans2.end());
+  want.push_back(257);
+  EXPECT_EQ(trained, want);
+  EXPECT_EQ(std::count(e.ids.begin(), e.ids.end(), text::kImageToken), 3);
+}
+
+TEST(Data, MalformedRecordsNameFileIndexAndField) {
+  TempDir tmp;
+  io::write_text_atomic(tmp.file("d.json"), R"([{"id": 1, "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},
+    {"id": 2, "conversations": [{"from": "robot", "value": "x"}]}])");
+  try {
+    data::load_dataset(tmp.file("d.json"), {});
+    FAIL();
+  } catch (const VadaptError& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("d.json"), std::string::npos) << m;
+    EXPECT_NE(m.find("record 1 field 'conversations[0].from'"), std::string::npos) << m;
+  }
+  data::LoadOptions o;
+  o.skip_bad = true;
+  data::LoadReport rep;
+  auto s = data::load_dataset(tmp.file("d.json"), o, &rep);
+  EXPECT_EQ(s.size(), 1u);
+  EXPECT_EQ(rep.skipped, 1);
+  io::write_text_atomic(tmp.file("m.json"), R"([{"id": 1, "image": "nope.png", "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "x"}]}])");
+  try {
+    data::load_dataset(tmp.file("m.json"), {});
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("1 image file(s) not found"), std::string::npos) << e.what();
+  }
+  io::write_text_atomic(tmp.file("c.jsonl"), "{\"text\": \"a\"}\n{\"txt\": 1}\n");
+  EXPECT_THROW(data::load_dataset(tmp.file("c.jsonl"), {}), VadaptError);
+}
+
+TEST(Schedules, CosineAndLinearWithWarmup) {
+  EXPECT_DOUBLE_EQ(train::lr_multiplier("cosine", 0, 100, 10), 0.0);
+  EXPECT_DOUBLE_EQ(train::lr_multiplier("cosine", 5, 100, 10), 0.5);
+  EXPECT_DOUBLE_EQ(train::lr_multiplier("cosine", 10, 100, 10), 1.0);
+  EXPECT_NEAR(train::lr_multiplier("cosine", 55, 100, 10), 0.5, 1e-12);
+  EXPECT_NEAR(train::lr_multiplier("linear", 55, 100, 10), 0.5, 1e-12);
+  EXPECT_DOUBLE_EQ(train::lr_multiplier("constant", 99, 100, 0), 1.0);
+  EXPECT_THROW(train::lr_multiplier("warp", 1, 10, 0), VadaptError);
+}
+
+TEST(Recipe, ParameterCountsFromConfigsAloneMatchTheGoldenNumbers) {
+  TempDir tmp;
+  io::LlamaConfig l7 = vadapt::test::tiny_llama_config(false);
+  l7.hidden_size = 4096;
+  l7.num_attention_heads = l7.num_key_value_heads = 32;
+  l7.head_dim = 128;
+  l7.intermediate_size = 11008;
+  l7.num_hidden_layers = 32;
+  l7.vocab_size = 32000;
+  std::filesystem::create_directories(tmp.file("llm"));
+  std::filesystem::create_directories(tmp.file("clip"));
+  io::write_text_atomic(tmp.file("llm/config.json"), l7.to_json().dump());
+  io::ClipVisionConfig cl;
+  cl.hidden_size = 1024;
+  cl.num_hidden_layers = 24;
+  cl.num_attention_heads = 16;
+  cl.intermediate_size = 4096;
+  cl.patch_size = 14;
+  cl.image_size = 336;
+  io::write_text_atomic(tmp.file("clip/config.json"), cl.to_json().dump());
+  vlm::VlmSpec s;
+  s.llm = tmp.file("llm");
+  s.vision = tmp.file("clip");
+  s.connector = "linear";
+  EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["connector_parameters"].get<int64_t>(), 4198400);
+  s.connector = "mlp2x_gelu";
+  EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["connector_parameters"].get<int64_t>(), 20979712);
+  EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["llm_parameters"].get<int64_t>(), 6738415616);  // LLaMA-7B
+  s.tune = "lora";
+  s.lora.lora.r = 16;
+  EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["lora_parameters"].get<int64_t>(), 39976960);  // r16, 7 linears
+}
+
+TEST(Recipe, UnknownKeysAndBadValuesAreNamed) {
+  TempDir tmp;
+  io::write_text_atomic(tmp.file("r.yaml"), "model: {llm: a, vision: b}\ndata: {train: t.json}\nstages:\n  - name: s1\n    tune: projector\n    trian: {lr: 1}\n");
+  try {
+    train::load_recipe(tmp.file("r.yaml"), {});
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("'trian': unknown key"), std::string::npos) << e.what();
+  }
+  io::write_text_atomic(tmp.file("r.yaml"), "model: {llm: a, vision: b}\ndata: {train: t.json}\nstages:\n  - name: s1\n    tune: half\n");
+  EXPECT_THROW(train::load_recipe(tmp.file("r.yaml"), {}), VadaptError);
+  auto r = train::load_recipe(tmp.file("r.yaml"), {"stages.0.tune=lora", "train.lr=0.5"});
+  EXPECT_EQ(r.stages[0].spec.tune, "lora");
+  EXPECT_DOUBLE_EQ(r.stages[0].train.lr, 0.5);
+  io::write_text_atomic(tmp.file("bad.yaml"), "model: [unclosed\n");
+  EXPECT_THROW(train::load_recipe(tmp.file("bad.yaml"), {}), VadaptError);
+}
+
+TEST(Lora, ZeroInitEqualsBaseAndMergeEqualsUnmerged) {
+  World w;
+  vlm::VisionLanguageModel base(w.spec("projector"));
+  vlm::VisionLanguageModel lora(w.spec("lora"));
+  auto samples = data::load_dataset(w.data, {});
+  auto b = first_batch(base, samples);
+  EXPECT_TRUE(tensors_close(logits_of(lora, b), logits_of(base, b), 0.0));  // B = 0 and the same projector seed
+  {
+    torch::NoGradGuard ng;
+    for (auto& [name, l] : lora.adapters()->loras()) l->B.normal_(0, 0.05);
+  }
+  auto unmerged = logits_of(lora, b);
+  EXPECT_FALSE(tensors_close(unmerged, logits_of(base, b), 1e-6));
+  lora.adapters()->merge_into(*lora.lm());
+  EXPECT_TRUE(tensors_close(logits_of(lora, b), unmerged, 1e-5));
+}
+
+TEST(Trainer, OneStepChangesOnlyTrainableTensorsAndSaveLoadIsBitwise) {
+  World w;
+  vlm::VisionLanguageModel m(w.spec("lora"));
+  auto samples = data::load_dataset(w.data, {});
+  std::map<std::string, torch::Tensor> frozen_before;
+  for (const auto& p : m.lm()->named_parameters()) frozen_before[p.key()] = p.value().clone();
+  for (const auto& p : m.tower().module().named_parameters()) frozen_before["v." + p.key()] = p.value().clone();
+  std::map<std::string, torch::Tensor> train_before;
+  for (const auto& [k, v] : m.trainable_state()) train_before[k] = v.clone();
+  {
+    torch::NoGradGuard ng;
+    for (auto& [name, l] : m.adapters()->loras()) l->B.normal_(0, 0.01);  // so LoRA A gets gradients too
+    for (const auto& [k, v] : m.trainable_state()) train_before[k] = v.clone();
+  }
+  TempDir out;
+  train::TrainConfig cfg;
+  cfg.max_steps = 1;
+  cfg.batch_size = 4;
+  cfg.lr = 1e-2;
+  cfg.warmup_ratio = 0;
+  cfg.out_dir = out.path();
+  train::Trainer t(m, samples, {}, cfg);
+  t.fit();
+  for (const auto& p : m.lm()->named_parameters()) EXPECT_TRUE(vadapt::test::tensors_equal(p.value(), frozen_before[p.key()])) << p.key();
+  for (const auto& p : m.tower().module().named_parameters())
+    EXPECT_TRUE(vadapt::test::tensors_equal(p.value(), frozen_before["v." + p.key()])) << p.key();
+  int changed = 0;
+  for (const auto& [k, v] : m.trainable_state()) changed += !torch::equal(v, train_before[k]);
+  EXPECT_EQ(changed, static_cast<int>(train_before.size()));
+  for (const auto& p : m.lm()->parameters()) EXPECT_FALSE(p.grad().defined());  // frozen weights get no gradient buffers
+  // The adapter checkpoint holds exactly the trainable tensors, and loads back bitwise.
+  auto f = io::SafeTensorsFile::open(out.file("adapter_model.safetensors"));
+  EXPECT_EQ(f->tensors().size(), m.trainable_state().size());
+  auto back = vlm::load_vlm_checkpoint(out.path());
+  auto a = m.trainable_state(), bb = back->trainable_state();
+  ASSERT_EQ(a.size(), bb.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_TRUE(vadapt::test::tensors_equal(a[i].second, bb[i].second)) << a[i].first;
+  EXPECT_TRUE(std::filesystem::exists(out.file("checkpoint-1/optimizer.pt")));
+}
+
+TEST(Trainer, ResumeContinuesTheSameLossCurveBitwise) {
+  World w;
+  auto samples = data::load_dataset(w.data, {});
+  train::TrainConfig cfg;
+  cfg.max_steps = 4;
+  cfg.batch_size = 2;
+  cfg.lr = 5e-3;
+  cfg.seed = 3;
+  cfg.log_every = 1;
+  auto spec = w.spec("lora");
+  spec.lora.lora.dropout = 0.1;  // the dropout RNG must be restored too
+  TempDir a, b;
+  vlm::VisionLanguageModel ma(spec);
+  cfg.out_dir = a.path();
+  train::Trainer ta(ma, samples, {}, cfg);
+  ta.fit();
+  // The same run saving at step 2; a fresh model then resumes from checkpoint-2 (as after a kill).
+  vlm::VisionLanguageModel mb(spec);
+  cfg.out_dir = b.path();
+  cfg.save_every = 2;
+  train::Trainer tb(mb, samples, {}, cfg);
+  tb.fit();
+  EXPECT_EQ(tb.losses(), ta.losses());
+  vlm::VisionLanguageModel mc(spec);
+  auto resumed = cfg;
+  resumed.resume = b.file("checkpoint-2");
+  resumed.out_dir = b.file("resumed");
+  train::Trainer tc(mc, samples, {}, resumed);
+  tc.fit();
+  ASSERT_EQ(ta.losses().size(), 4u);
+  ASSERT_EQ(tc.losses().size(), 2u);
+  EXPECT_EQ(tc.losses()[0], ta.losses()[2]);
+  EXPECT_EQ(tc.losses()[1], ta.losses()[3]);
+  auto sa = ma.trainable_state(), sc = mc.trainable_state();
+  for (size_t i = 0; i < sa.size(); ++i) EXPECT_TRUE(vadapt::test::tensors_equal(sa[i].second, sc[i].second)) << sa[i].first;
+}
