@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "common/log.h"
+#include "common/runtime.h"
 #include "generate/generator.h"
 #include "io/hf_config.h"
 #include "model/llama.h"
@@ -88,6 +89,7 @@ int main(int argc, char** argv) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) dev = torch::Device(argv[++i]);
   }
   set_log_level(LogLevel::kQuiet);
+  configure_runtime();
   torch::NoGradGuard ng;
   const double bw = measure_bandwidth_gbs();
   std::cerr << "threads: " << torch::get_num_threads() << ", memcpy bandwidth: " << bw << " GB/s\n";

@@ -7,7 +7,7 @@ PACKAGES=(
   build-essential cmake ccache pkg-config
   libtorch-dev libopenblas0-pthread libgloo-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-  libstb-dev libjpeg62-turbo-dev libwebp-dev libpcre2-dev libyaml-cpp-dev
+  libstb-dev libjpeg62-turbo-dev libwebp-dev libpcre2-dev libyaml-cpp-dev libssl-dev
   fonts-dejavu-core
 )
 

@@ -101,6 +101,13 @@ void check_keys(const nlohmann::json& j, const std::vector<std::string>& allowed
 
 }  // namespace
 
+std::string default_feature_cache_dir() {
+  if (const char* d = std::getenv("VADAPT_CACHE_DIR")) return d;
+  if (const char* x = std::getenv("XDG_CACHE_HOME")) return std::string(x) + "/vadapt/features";
+  if (const char* h = std::getenv("HOME")) return std::string(h) + "/.cache/vadapt/features";
+  return ".vadapt-cache/features";
+}
+
 std::string expand_vars(const std::string& s) {
   const std::string tag = "${shared}";
   auto at = s.find(tag);
@@ -125,14 +132,14 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   r.raw = yaml_file_to_json(path);
   for (const auto& o : overrides) apply_override(r.raw, o, "--set");
   const auto& top = r.raw;
-  check_keys(top, {"method", "model", "stages", "train", "data", "lora", "description"}, path);
+  check_keys(top, {"method", "model", "stages", "train", "data", "lora", "description", "feature_cache"}, path);
   if (!top.contains("stages") || !top["stages"].is_array() || top["stages"].empty())
     raise(path, "stages", "a recipe needs a non-empty list of stages");
   std::string method = io::json_get_or<std::string>(top, "method", "llava", path);
   for (size_t i = 0; i < top["stages"].size(); ++i) {
     const auto& sj = top["stages"][i];
     std::string where = cat(path, " stages[", i, "]");
-    check_keys(sj, {"name", "tune", "template", "data", "train", "lora", "model", "init_from"}, where);
+    check_keys(sj, {"name", "tune", "template", "data", "train", "lora", "model", "init_from", "feature_cache"}, where);
     Stage st;
     st.name = io::json_get_or<std::string>(sj, "name", cat("stage", i + 1), where);
     vlm::VlmSpec& s = st.spec;
@@ -201,6 +208,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     if (t.epochs <= 0 && t.max_steps <= 0) raise(where, "train.epochs", "needs epochs > 0 or max_steps > 0");
     if (t.lr <= 0 && t.blr <= 0) raise(where, "train.lr", "must be positive");
     st.init_from = io::json_get_or<std::string>(sj, "init_from", "", where);
+    st.feature_cache = expand_vars(io::json_get_or<std::string>(sj, "feature_cache",
+                                                                io::json_get_or<std::string>(top, "feature_cache", "default", path), where));
     if (!st.init_from.empty()) {
       bool found = false;
       for (const auto& prev : r.stages) found = found || prev.name == st.init_from;

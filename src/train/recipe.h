@@ -27,7 +27,12 @@ struct Stage {
   StageData data;
   TrainConfig train;
   std::string init_from;  // earlier stage whose projector initialises this one
+  std::string feature_cache = "default";  // a folder, "default", "memory" or "none"
 };
+
+// Default feature-cache folder: $VADAPT_CACHE_DIR, else $XDG_CACHE_HOME/vadapt/features, else
+// ~/.cache/vadapt/features.
+std::string default_feature_cache_dir();
 
 struct Recipe {
   std::string source;

@@ -19,6 +19,8 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
     log_info(cat("== stage ", st.name, " =="));
     vlm::VisionLanguageModel m(st.spec);
     if (!st.init_from.empty()) m.init_projector_from(out_dir + "/" + st.init_from);
+    if (st.feature_cache != "none")
+      m.enable_feature_cache(st.feature_cache == "memory" ? "" : st.feature_cache == "default" ? default_feature_cache_dir() : st.feature_cache);
     data::LoadOptions lo;
     lo.format = st.data.format;
     lo.image_root = st.data.image_root;

@@ -185,6 +185,7 @@ TrainResult Trainer::fit() {
     step = load_checkpoint(dir, opt);
   }
   if (cfg_.resume.empty()) torch::manual_seed(cfg_.seed + 17);  // dropout stream; a resume restored it above
+  if (m_.feature_cache()) log_info("vision features: cached (frozen tower runs once per image)");
   if (!val_.empty() && step == 0) {
     res.val_loss_before = evaluate(val_, cfg_.eval_batches);
     log_info(cat("val loss before training: ", res.val_loss_before));
@@ -216,7 +217,9 @@ TrainResult Trainer::fit() {
       (r.loss / static_cast<double>(cfg_.grad_accum)).backward();
       step_loss += r.loss.item<double>() / static_cast<double>(cfg_.grad_accum);
       window_tokens += static_cast<double>(batch.tokens);
-      window_images += batch.pixels.defined() ? static_cast<double>(batch.pixels.size(0)) : 0.0;
+      window_images += batch.pixels.defined()     ? static_cast<double>(batch.pixels.size(0))
+                       : batch.features.defined() ? static_cast<double>(batch.features.size(0))
+                                                  : 0.0;
     }
     double gn = cfg_.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(all_params, cfg_.max_grad_norm)
                                        : torch::nn::utils::clip_grad_norm_(all_params, 1e30);
@@ -258,6 +261,7 @@ TrainResult Trainer::fit() {
   }
   res.steps = step;
   res.seconds = total_sw.seconds();
+  if (auto* c = m_.feature_cache()) log_info(cat("feature cache: ", c->hits(), " hits, ", c->misses(), " misses"));
   m_.train_mode(false);
   return res;
 }

@@ -61,7 +61,8 @@ torch::Tensor VisionLanguageModel::embed(const torch::Tensor& ids, const torch::
 
 LossResult VisionLanguageModel::loss(const Batch& b) {
   torch::Tensor img;
-  if (b.pixels.defined() && b.pixels.size(0) > 0) img = project(vision_features(b.pixels));  // (M, N, d)
+  if (b.features.defined()) img = project(b.features.to(device_));                              // (M, N, d)
+  else if (b.pixels.defined() && b.pixels.size(0) > 0) img = project(vision_features(b.pixels));  // (M, N, d)
   auto x = embed(b.ids.to(device_), img);                    // (B, T, d)
   model::ForwardContext ctx;
   if (b.mask.defined() && b.mask.min().item<int64_t>() == 0) ctx.attention_mask = b.mask.to(device_);
@@ -84,8 +85,29 @@ torch::Tensor VisionLanguageModel::load_pixels(const std::string& path) const {
   return vision::preprocess(vision::decode_image_file(path), pre_);  // (3, H, W)
 }
 
+void VisionLanguageModel::enable_feature_cache(const std::string& dir) {
+  auto cfg = io::read_text_file(io::config_path_of(spec_.vision));
+  std::string key = cat(fs::weakly_canonical(spec_.vision).string(), "|", vision::sha256_hex(cfg), "|", pre_.describe(), "|",
+                        spec_.feature_layer, "|", spec_.dtype);
+  for (const char* w : {"model.safetensors", "model.safetensors.index.json"}) {
+    auto p = fs::path(spec_.vision) / w;
+    if (fs::exists(p)) key += cat("|", w, ":", fs::file_size(p), ":", fs::last_write_time(p).time_since_epoch().count());
+  }
+  cache_ = std::make_unique<vision::FeatureCache>(dir, key);
+}
+
+torch::Tensor VisionLanguageModel::image_features(const std::vector<std::string>& paths) {
+  auto compute = [&](const std::vector<std::string>& ps) {
+    std::vector<torch::Tensor> px;
+    for (const auto& p : ps) px.push_back(load_pixels(p));
+    return vision_features(torch::stack(px));  // (K, N, C)
+  };
+  if (!cache_) return compute(paths);
+  return cache_->get(paths, compute);
+}
+
 Batch VisionLanguageModel::collate(const std::vector<text::EncodedPrompt>& prompts,
-                                   const std::vector<std::string>& images) const {
+                                   const std::vector<std::string>& images) {
   Batch b;
   size_t t = 0;
   for (const auto& p : prompts) t = std::max(t, p.ids.size());
@@ -101,10 +123,17 @@ Batch VisionLanguageModel::collate(const std::vector<text::EncodedPrompt>& promp
     b.mask[i].narrow(0, 0, n).fill_(1);
     b.tokens += n;
   }
-  std::vector<torch::Tensor> px;
+  std::vector<std::string> paths;
   for (const auto& im : images)
-    if (!im.empty()) px.push_back(load_pixels(im));
-  if (!px.empty()) b.pixels = torch::stack(px);  // (M, 3, H, W)
+    if (!im.empty()) paths.push_back(im);
+  if (paths.empty()) return b;
+  if (cache_) {
+    b.features = image_features(paths);  // (M, N, C)
+  } else {
+    std::vector<torch::Tensor> px;
+    for (const auto& p : paths) px.push_back(load_pixels(p));
+    b.pixels = torch::stack(px);  // (M, 3, H, W)
+  }
   return b;
 }
 

@@ -14,6 +14,7 @@
 #include "model/llama.h"
 #include "text/prompt.h"
 #include "text/tokenizer.h"
+#include "vision/feature_cache.h"
 #include "vision/preprocess.h"
 #include "vision/vision_tower.h"
 #include "vlm/vlm_spec.h"
@@ -24,7 +25,8 @@ struct Batch {
   torch::Tensor ids;     // (B, T) with kImageToken at image positions
   torch::Tensor labels;  // (B, T) kIgnore where no loss
   torch::Tensor mask;    // (B, T) 1 = real token
-  torch::Tensor pixels;  // (M, 3, H, W) images in order of appearance, or undefined
+  torch::Tensor pixels;    // (M, 3, H, W) images in order of appearance, or undefined
+  torch::Tensor features;  // (M, N, C) cached frozen vision features instead of pixels, or undefined
   int64_t tokens = 0;    // real tokens
 };
 
@@ -54,9 +56,15 @@ class VisionLanguageModel {
   torch::Tensor embed(const torch::Tensor& ids, const torch::Tensor& image_embeds);
   LossResult loss(const Batch& b);
 
-  // Builds a batch from encoded prompts and their images (right padding, for training).
-  Batch collate(const std::vector<text::EncodedPrompt>& prompts, const std::vector<std::string>& images) const;
+  // Builds a batch from encoded prompts and their images (right padding, for training); with the
+  // feature cache on, the batch carries cached features instead of pixels.
+  Batch collate(const std::vector<text::EncodedPrompt>& prompts, const std::vector<std::string>& images);
   torch::Tensor load_pixels(const std::string& image_path) const;  // (3, H, W)
+  // Frozen features (M, N, C) of image files through the feature cache (enabled with
+  // enable_feature_cache; without it they are computed every time).
+  torch::Tensor image_features(const std::vector<std::string>& paths);
+  void enable_feature_cache(const std::string& dir);
+  const vision::FeatureCache* feature_cache() const { return cache_.get(); }
 
   // Trainable parameters by optimizer group: "projector", "lora", "llm".
   std::vector<std::pair<std::string, std::vector<torch::Tensor>>> trainable_groups() const;
@@ -81,6 +89,7 @@ class VisionLanguageModel {
   adapters::AdapterSet adapters_;
   vision::PreprocessConfig pre_;
   std::unique_ptr<text::Tokenizer> tok_;
+  std::unique_ptr<vision::FeatureCache> cache_;
   text::ChatTemplate template_;
 };
 

@@ -9,6 +9,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/runtime.h"
 #include "generate/generator.h"
 #include "io/hf_config.h"
 #include "io/atomic_file.h"
@@ -319,6 +320,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   set_log_level(quiet ? LogLevel::kQuiet : verbose ? LogLevel::kDebug : LogLevel::kInfo);
+  configure_runtime();
   try {
     if (*gen) return run_generate(ga);
     if (*insp) {
