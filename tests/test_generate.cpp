@@ -74,3 +74,32 @@ TEST_F(GenerateTest, StopIdsAndErrors) {
   o.max_new_tokens = 0;
   EXPECT_TRUE(run({{3}}, o).tokens[0].empty());
 }
+
+TEST_F(GenerateTest, BeamWidthOneEqualsGreedyAndWiderBeamsScoreAtLeastAsWell) {
+  generate::GenerateOptions g;
+  g.max_new_tokens = 7;
+  g.stop_at_eos = false;
+  auto greedy = run({{1, 2, 3}}, g);
+  generate::Generator gen(lm_);
+  auto embeds = lm_->embed(torch::tensor(std::vector<int64_t>{1, 2, 3}).unsqueeze(0));
+  g.num_beams = 1;
+  // num_beams == 1 goes through the plain path; the beam search itself with one beam:
+  auto b1 = gen.beam_search(embeds, g);
+  EXPECT_EQ(b1.tokens[0], greedy.tokens[0]);
+  // Sequence log-probability of a 4-beam result is at least the greedy one's.
+  auto seq_logp = [&](const std::vector<int64_t>& toks) {
+    torch::NoGradGuard ng;
+    std::vector<int64_t> seq = {1, 2, 3};
+    seq.insert(seq.end(), toks.begin(), toks.end());
+    model::ForwardContext ctx;
+    auto lp = torch::log_softmax(lm_->forward(torch::tensor(seq).unsqueeze(0), ctx)[0], -1);
+    double s = 0;
+    for (size_t i = 3; i < seq.size(); ++i) s += lp[i - 1][seq[i]].item<double>();
+    return s;
+  };
+  g.num_beams = 4;
+  g.length_penalty = 0.0;
+  auto b4 = gen.beam_search(embeds, g);
+  ASSERT_EQ(b4.tokens[0].size(), 7u);
+  EXPECT_GE(seq_logp(b4.tokens[0]), seq_logp(greedy.tokens[0]) - 1e-4);
+}

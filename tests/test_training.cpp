@@ -304,3 +304,47 @@ TEST(Trainer, ResumeContinuesTheSameLossCurveBitwise) {
   auto sa = ma.trainable_state(), sc = mc.trainable_state();
   for (size_t i = 0; i < sa.size(); ++i) EXPECT_TRUE(vadapt::test::tensors_equal(sa[i].second, sc[i].second)) << sa[i].first;
 }
+
+TEST(Nf4, RoundTripErrorWithinTheFormatsBound) {
+  torch::manual_seed(0);
+  for (auto shape : std::vector<std::vector<int64_t>>{{64, 64}, {300, 17}, {5}, {1000, 70}}) {
+    auto w = torch::randn(shape) * 0.05;
+    w.view({-1})[0] = 0.9;  // an outlier block
+    auto q = model::nf4_quantize(w);
+    auto back = model::nf4_dequantize(q, torch::kFloat32);
+    ASSERT_EQ(back.sizes(), w.sizes());
+    auto flat = w.view({-1});
+    const int64_t blocks = (flat.numel() + 63) / 64;
+    auto padded = torch::nn::functional::pad(flat, torch::nn::functional::PadFuncOptions({0, blocks * 64 - flat.numel()})).view({blocks, 64});
+    auto true_absmax = padded.abs().amax(1);
+    auto deq_absmax = model::nf4_block_absmax(q);
+    auto bound = (deq_absmax * 0.1520 + (true_absmax - deq_absmax).abs()).repeat_interleave(64).narrow(0, 0, flat.numel());
+    auto err = (back.view({-1}) - flat).abs();
+    EXPECT_TRUE((err <= bound + 1e-6).all().item<bool>()) << "max excess " << (err - bound).max().item<double>();
+    if (w.numel() >= 4096) EXPECT_LT(q.bytes(), w.numel() * 4 / 7);  // ~4.1 bits per weight plus scales
+    EXPECT_TRUE(torch::equal(model::nf4_dequantize(q, torch::kFloat32), back));  // deterministic
+  }
+}
+
+TEST(QLora, ZeroInitEqualsTheQuantisedBaseAndMergeEqualsUnmerged) {
+  World w;
+  vlm::VisionLanguageModel base(w.spec("projector"));
+  vlm::VisionLanguageModel q(w.spec("qlora"));
+  auto samples = data::load_dataset(w.data, {});
+  auto b = first_batch(base, samples);
+  auto lq = logits_of(q, b), lb = logits_of(base, b);
+  // 4-bit weights: close to the dense model, not equal.
+  EXPECT_LT((lq - lb).abs().mean().item<double>(), 0.2 * lb.abs().mean().item<double>());
+  EXPECT_FALSE(tensors_close(lq, lb, 1e-6));
+  int64_t nf4 = 0;
+  for (const auto& item : q.lm()->named_modules("", false))
+    if (auto* p = item.value()->as<model::ProjectionImpl>(); p && p->is_nf4()) ++nf4;
+  EXPECT_EQ(nf4, 2 * 7);  // every linear of both layers; lm_head and embeddings stay dense
+  {
+    torch::NoGradGuard ng;
+    for (auto& [name, l] : q.adapters()->loras()) l->B.normal_(0, 0.05);
+  }
+  auto unmerged = logits_of(q, b);
+  q.adapters()->merge_into(*q.lm());
+  EXPECT_TRUE(tensors_close(logits_of(q, b), unmerged, 1e-5));
+}

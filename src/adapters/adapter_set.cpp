@@ -36,8 +36,11 @@ void AdapterSetImpl::merge_into(model::LlamaForCausalLMImpl& lm) {
   for (const auto& item : lm.named_modules("", false)) {
     auto* proj = item.value()->as<model::ProjectionImpl>();
     if (!proj) continue;
-    for (const auto& [name, lora] : loras_)
-      if (name == item.key()) proj->weight.add_(lora->delta().to(proj->weight.scalar_type()));
+    for (const auto& [name, lora] : loras_) {
+      if (name != item.key()) continue;
+      proj->dequantize();  // QLoRA: merge into the dequantised weight
+      proj->weight.add_(lora->delta().to(proj->weight.scalar_type()));
+    }
     proj->clear_adapters();
   }
 }

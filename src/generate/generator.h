@@ -18,6 +18,8 @@ namespace vadapt::generate {
 
 struct GenerateOptions {
   SamplingParams sampling;
+  int64_t num_beams = 1;        // > 1: beam search (deterministic; sampling options ignored)
+  double length_penalty = 1.0;  // beam score = sum log p / length^length_penalty
   int64_t max_new_tokens = 128;
   std::vector<int64_t> stop_ids;  // in addition to the model's EOS ids
   bool stop_at_eos = true;
@@ -44,6 +46,8 @@ class Generator {
   // embeds (B, T, d) already left-padded; key_mask (B, T) 1 = real, or undefined.
   GenerateResult generate_embeds(const torch::Tensor& embeds, const torch::Tensor& key_mask, const GenerateOptions& opts,
                                  const TokenCallback& on_token = {});
+  // Beam search for one prompt (embeds (1, T, d)); returns the best finished hypothesis.
+  GenerateResult beam_search(const torch::Tensor& embeds, const GenerateOptions& opts);
 
  private:
   model::LlamaForCausalLM lm_;

@@ -10,8 +10,26 @@ ProjectionImpl::ProjectionImpl(int64_t in, int64_t out, bool with_bias, const to
 }
 
 torch::Tensor ProjectionImpl::base_forward(const torch::Tensor& x) const {
+  if (is_nf4()) return torch::nn::functional::linear(x, nf4_dequantize(nf4_, x.scalar_type()), bias);  // (..., out)
   return torch::nn::functional::linear(x, weight, bias);  // (..., out)
 }
+
+void ProjectionImpl::quantize_nf4() {
+  if (is_nf4()) return;
+  dense_dtype_ = weight.scalar_type();
+  nf4_ = nf4_quantize(weight);
+  torch::NoGradGuard ng;
+  weight.set_data(torch::empty({0}, weight.options()));
+}
+
+void ProjectionImpl::dequantize() {
+  if (!is_nf4()) return;
+  torch::NoGradGuard ng;
+  weight.set_data(dense_weight());
+  nf4_ = Nf4Weight{};
+}
+
+torch::Tensor ProjectionImpl::dense_weight() const { return is_nf4() ? nf4_dequantize(nf4_, dense_dtype_) : weight; }
 
 torch::Tensor ProjectionImpl::forward(const torch::Tensor& x) {
   torch::Tensor y = base_forward(x);  // (..., out)

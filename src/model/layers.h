@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "model/nf4.h"
 #include "model/seams.h"
 
 namespace vadapt::model {
@@ -20,6 +21,15 @@ class ProjectionImpl : public torch::nn::Module {
   void clear_adapters() { adapters_.clear(); }
   const std::vector<std::shared_ptr<ProjectionAdapter>>& adapters() const { return adapters_; }
 
+  // Stores the frozen weight as NF4 (QLoRA); forward dequantises on the fly. The "weight"
+  // parameter is emptied; the bias stays.
+  void quantize_nf4();
+  bool is_nf4() const { return nf4_.numel > 0; }
+  void dequantize();  // back to a dense weight
+  const Nf4Weight& nf4() const { return nf4_; }
+  // The dense weight (dequantised if stored as NF4).
+  torch::Tensor dense_weight() const;
+
   int64_t in_features;
   int64_t out_features;
   torch::Tensor weight;  // (out, in)
@@ -27,6 +37,8 @@ class ProjectionImpl : public torch::nn::Module {
 
  private:
   std::vector<std::shared_ptr<ProjectionAdapter>> adapters_;
+  Nf4Weight nf4_;
+  torch::ScalarType dense_dtype_ = torch::kFloat32;
 };
 TORCH_MODULE(Projection);
 

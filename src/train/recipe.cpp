@@ -157,7 +157,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     get_into(model, "seed", s.seed, path + " model");
     get_into(&sj, "template", s.template_name, where);
     s.tune = io::json_get_or<std::string>(sj, "tune", "projector", where);
-    if (s.tune != "projector" && s.tune != "lora" && s.tune != "full") raise(where, "tune", "expected projector, lora or full, got '", s.tune, "'");
+    if (s.tune != "projector" && s.tune != "lora" && s.tune != "qlora" && s.tune != "full")
+      raise(where, "tune", "expected projector, lora, qlora or full, got '", s.tune, "'");
     if (const auto* l = pick(sj, top, "lora")) {
       check_keys(*l, {"r", "alpha", "dropout", "target_modules"}, where + " lora");
       get_into(l, "r", s.lora.lora.r, where + " lora");

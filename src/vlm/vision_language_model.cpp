@@ -29,14 +29,19 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
     throw VadaptError(cat("mm_vision_select_layer ", spec.feature_layer, " out of range for ", nh, " hidden states"));
   projector_ = connectors::Projector(spec.connector, tower_->hidden_size(), lm_->config().hidden_size, spec.seed);
   projector_->to(device);
-  if (spec.tune == "lora") {
+  if (spec.tune == "qlora") {
+    // The frozen LLM linears (not lm_head, not the embeddings) are stored in NF4.
+    for (const auto& item : lm_->named_modules("", false))
+      if (auto* p = item.value()->as<model::ProjectionImpl>(); p && item.key() != "lm_head") p->quantize_nf4();
+  }
+  if (spec.tune == "lora" || spec.tune == "qlora") {
     torch::manual_seed(spec.seed + 1);  // LoRA A init
     adapters_->attach_lora(*lm_, spec.lora);
     adapters_->to(device);
   } else if (spec.tune == "full") {
     for (auto& p : lm_->parameters()) p.set_requires_grad(true);
   } else if (spec.tune != "projector") {
-    throw VadaptError(cat("tune: expected projector, lora or full, got '", spec.tune, "'"));
+    throw VadaptError(cat("tune: expected projector, lora, qlora or full, got '", spec.tune, "'"));
   }
 }
 
@@ -140,7 +145,7 @@ Batch VisionLanguageModel::collate(const std::vector<text::EncodedPrompt>& promp
 std::vector<std::pair<std::string, std::vector<torch::Tensor>>> VisionLanguageModel::trainable_groups() const {
   std::vector<std::pair<std::string, std::vector<torch::Tensor>>> g;
   g.push_back({"projector", projector_->parameters()});
-  if (spec_.tune == "lora") g.push_back({"lora", adapters_->parameters()});
+  if (spec_.tune == "lora" || spec_.tune == "qlora") g.push_back({"lora", adapters_->parameters()});
   if (spec_.tune == "full") g.push_back({"llm", lm_->parameters()});
   for (auto& [name, ps] : g) ps.erase(std::remove_if(ps.begin(), ps.end(), [](const torch::Tensor& p) { return !p.requires_grad(); }), ps.end());
   return g;
@@ -214,7 +219,7 @@ nlohmann::json VisionLanguageModel::count_from_configs(const VlmSpec& spec) {
   j["llm_parameters"] = lc.parameter_count();
   j["connector_parameters"] = connectors::ProjectorImpl::parameter_count(spec.connector, vision_hidden, lc.hidden_size);
   int64_t lora = 0;
-  if (spec.tune == "lora") {
+  if (spec.tune == "lora" || spec.tune == "qlora") {
     const int64_t d = lc.hidden_size, q = lc.num_attention_heads * lc.head_dim, kv = lc.num_key_value_heads * lc.head_dim,
                   f = lc.intermediate_size, r = spec.lora.lora.r;
     std::map<std::string, std::pair<int64_t, int64_t>> shapes = {{"q_proj", {d, q}}, {"k_proj", {d, kv}}, {"v_proj", {d, kv}},

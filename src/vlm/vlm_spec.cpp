@@ -18,7 +18,8 @@ nlohmann::json VlmSpec::to_json() const {
                       {"dtype", dtype},
                       {"seed", seed},
                       {"task_type", "CAUSAL_LM"}};
-  if (tune == "lora") {
+  if (tune == "lora" || tune == "qlora") {
+    if (tune == "qlora") j["quantization"] = {{"bits", 4}, {"type", "nf4"}, {"double_quant", true}, {"block", 64}};
     j["peft_type"] = "LORA";
     j["r"] = lora.lora.r;
     j["lora_alpha"] = lora.lora.alpha;
@@ -40,11 +41,11 @@ VlmSpec VlmSpec::from_json(const nlohmann::json& j, const std::string& src) {
   s.preprocess = io::json_get_or<std::string>(j, "preprocess", "", src);
   s.template_name = io::json_get_or<std::string>(j, "template", s.template_name, src);
   s.tune = io::json_get_or<std::string>(j, "tune", s.tune, src);
-  if (s.tune != "projector" && s.tune != "lora" && s.tune != "full")
-    raise(src, "tune", "expected projector, lora or full, got '", s.tune, "'");
+  if (s.tune != "projector" && s.tune != "lora" && s.tune != "qlora" && s.tune != "full")
+    raise(src, "tune", "expected projector, lora, qlora or full, got '", s.tune, "'");
   s.dtype = io::json_get_or<std::string>(j, "dtype", s.dtype, src);
   s.seed = io::json_get_or<uint64_t>(j, "seed", 0, src);
-  if (s.tune == "lora") {
+  if (s.tune == "lora" || s.tune == "qlora") {
     s.lora.lora.r = io::json_get<int64_t>(j, "r", src);
     s.lora.lora.alpha = io::json_get<double>(j, "lora_alpha", src);
     s.lora.lora.dropout = io::json_get_or<double>(j, "lora_dropout", 0.0, src);

@@ -19,7 +19,7 @@ struct VlmSpec {
   int64_t feature_layer = -2;          // mm_vision_select_layer
   std::string preprocess;              // clipN | llava_padN | imagenetN | vitN; empty: vision folder's config
   std::string template_name = "vicuna_v1";
-  std::string tune = "projector";      // projector | lora | full (the LLM; the projector always trains)
+  std::string tune = "projector";      // projector | lora | qlora | full (the LLM; the projector always trains)
   adapters::LoraTargetOptions lora;
   std::string dtype = "float32";
   uint64_t seed = 0;

@@ -46,6 +46,7 @@ struct GenerateArgs {
   int64_t max_new_tokens = 128, top_k = 0;
   float temperature = 0.0f, top_p = 1.0f;
   uint64_t seed = 0;
+  int64_t num_beams = 1;
   bool no_bos = false;
 };
 
@@ -60,6 +61,7 @@ generate::GenerateOptions make_options(const GenerateArgs& a, const text::Tokeni
   generate::GenerateOptions opts;
   opts.max_new_tokens = a.max_new_tokens;
   opts.sampling = {a.temperature, a.top_k, a.top_p, a.seed};
+  opts.num_beams = a.num_beams;
   if (tok.eos_id() >= 0) opts.stop_ids.push_back(tok.eos_id());
   return opts;
 }
@@ -135,7 +137,16 @@ struct TrainArgs {
 
 int run_train(const TrainArgs& a) {
   auto recipe = train::load_recipe(a.recipe, a.overrides);
+  Stopwatch sw;
   auto results = train::run_recipe(recipe, a.out, a.stage, a.resume);
+  std::string table = "\n| stage | steps | trainable params | val loss before | val loss after | seconds |\n|---|---|---|---|---|---|\n";
+  for (const auto& r : results) {
+    char line[256];
+    std::snprintf(line, sizeof line, "| %s | %ld | %ld | %.3f | %.3f | %.0f |\n", r.name.c_str(), static_cast<long>(r.result.steps),
+                  static_cast<long>(r.result.trainable), r.result.val_loss_before, r.result.val_loss_after, r.result.seconds);
+    table += line;
+  }
+  log_info(table + cat("wall time: ", static_cast<int64_t>(sw.seconds()), " s"));
   nlohmann::json j = nlohmann::json::array();
   for (const auto& r : results)
     j.push_back({{"stage", r.name}, {"adapter", r.out_dir}, {"steps", r.result.steps}, {"last_loss", r.result.last_loss},
@@ -163,7 +174,7 @@ int run_inspect_recipe(const std::string& path, const std::vector<std::string>& 
 // Folds LoRA into the LLM and writes a Hugging Face folder (plus the projector beside it).
 int run_merge(const std::string& adapter, const std::string& out) {
   auto m = vlm::load_vlm_checkpoint(adapter);
-  if (m->spec().tune != "lora") throw VadaptError(cat(adapter, ": merge needs a LoRA adapter (tune: lora), got '", m->spec().tune, "'"));
+  if (m->spec().tune != "lora" && m->spec().tune != "qlora") throw VadaptError(cat(adapter, ": merge needs a LoRA adapter (tune: lora), got '", m->spec().tune, "'"));
   m->adapters()->merge_into(*m->lm());
   std::filesystem::create_directories(out);
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
@@ -281,6 +292,7 @@ int main(int argc, char** argv) {
   gen->add_option("--top-k", ga.top_k, "0 = off")->check(CLI::NonNegativeNumber);
   gen->add_option("--top-p", ga.top_p, "1 = off")->check(CLI::Range(0.0, 1.0));
   gen->add_option("--seed", ga.seed, "sampling seed");
+  gen->add_option("--num-beams", ga.num_beams, "beam search width (1 = greedy / sampling; one prompt)")->check(CLI::PositiveNumber);
   gen->add_option("--dtype", ga.dtype, "float32 | bfloat16 | float16");
   gen->add_option("--device", ga.device, "cpu | cuda[:N]");
   gen->add_flag("--no-bos", ga.no_bos, "do not prepend BOS");
