@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i + 1 < argc; ++i)
     if (!std::strcmp(argv[i], "--steps")) steps = std::atoll(argv[i + 1]);
   set_log_level(LogLevel::kQuiet);
-  configure_runtime();
+  configure_runtime(Workload::kTraining);
   const std::string recipe_path = std::string(VADAPT_SOURCE_DIR) + "/recipes/llava-coco-tiny.yaml";
   if (!std::getenv("VADAPT_SHARED_DIR")) setenv("VADAPT_SHARED_DIR", (std::string(VADAPT_SOURCE_DIR) + "/../shared").c_str(), 1);
   auto recipe = train::load_recipe(recipe_path, {"stages.0.train.batch_size=8", "stages.0.train.grad_accum=1",

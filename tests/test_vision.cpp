@@ -1,6 +1,10 @@
 // Vision towers on tiny fixtures, image decoding and the PIL-exact resampler, without ../shared.
 #include <gtest/gtest.h>
 
+#include <stb_image_write.h>
+#include <webp/encode.h>
+#include <webp/types.h>
+
 #include <fstream>
 
 #include "common/error.h"
@@ -114,4 +118,47 @@ TEST(Preprocess, ClipShortestEdgeFloorsAndCentreCrops) {
   EXPECT_EQ(t.sizes(), (std::vector<int64_t>{3, 336, 336}));
   EXPECT_THROW(vision::PreprocessConfig::named("clipxyz"), VadaptError);
   EXPECT_THROW(vision::PreprocessConfig::named("sobel"), VadaptError);
+}
+
+namespace {
+std::vector<uint8_t> encode_with_stb(const vision::Image& img, int comp, const char* fmt) {
+  std::vector<uint8_t> px;
+  for (size_t i = 0; i < static_cast<size_t>(img.width) * img.height; ++i) {
+    const uint8_t* p = &img.rgb[i * 3];
+    if (comp == 1) px.push_back(p[0]);
+    else if (comp == 2) px.push_back(p[0]), px.push_back(200);
+    else px.insert(px.end(), p, p + 3);
+  }
+  std::vector<uint8_t> out;
+  auto sink = [](void* ctx, void* data, int n) {
+    auto* v = static_cast<std::vector<uint8_t>*>(ctx);
+    v->insert(v->end(), static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + n);
+  };
+  if (std::string(fmt) == "png") stbi_write_png_to_func(sink, &out, img.width, img.height, comp, px.data(), img.width * comp);
+  else stbi_write_bmp_to_func(sink, &out, img.width, img.height, comp, px.data());
+  return out;
+}
+}  // namespace
+
+TEST(Image, GreyGreyAlphaBmpAndWebpBecomeRgbAsPilDoes) {
+  auto img = gradient_image(9, 5);
+  // L and LA PNGs: grey replicated into R, G, B; alpha dropped without compositing.
+  for (int comp : {1, 2}) {
+    auto bytes = encode_with_stb(img, comp, "png");
+    auto d = vision::decode_image_bytes(bytes.data(), bytes.size(), "grey.png");
+    for (int y = 0; y < 5; ++y)
+      for (int x = 0; x < 9; ++x)
+        for (int c = 0; c < 3; ++c) ASSERT_EQ(d.at(y, x, c), img.at(y, x, 0)) << comp;
+  }
+  auto bmp = encode_with_stb(img, 3, "bmp");
+  auto db = vision::decode_image_bytes(bmp.data(), bmp.size(), "x.bmp");
+  EXPECT_EQ(db.format, "BMP");
+  EXPECT_EQ(db.rgb, img.rgb);
+  uint8_t* webp = nullptr;
+  size_t n = WebPEncodeLosslessRGB(img.rgb.data(), img.width, img.height, img.width * 3, &webp);
+  ASSERT_GT(n, 0u);
+  auto dw = vision::decode_image_bytes(webp, n, "x.webp");
+  WebPFree(webp);
+  EXPECT_EQ(dw.format, "WEBP");
+  EXPECT_EQ(dw.rgb, img.rgb);
 }

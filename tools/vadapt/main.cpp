@@ -332,7 +332,7 @@ int main(int argc, char** argv) {
     return app.exit(e);
   }
   set_log_level(quiet ? LogLevel::kQuiet : verbose ? LogLevel::kDebug : LogLevel::kInfo);
-  configure_runtime();
+  configure_runtime(*tr ? Workload::kTraining : Workload::kInference);
   try {
     if (*gen) return run_generate(ga);
     if (*insp) {
