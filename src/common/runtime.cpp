@@ -13,11 +13,12 @@ namespace vadapt {
 void configure_runtime(Workload w) {
   mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
   mallopt(M_TRIM_THRESHOLD, 1024 * 1024 * 1024);
+  if (w == Workload::kInference) return;  // libtorch's defaults: f32 GEMMs run on OpenBLAS's own threads
   if (!std::getenv("OMP_NUM_THREADS")) {
     unsigned n = std::thread::hardware_concurrency();
     if (n > 0) torch::set_num_threads(static_cast<int>(n));
   }
-  if (w == Workload::kTraining && !std::getenv("OPENBLAS_NUM_THREADS")) {
+  if (!std::getenv("OPENBLAS_NUM_THREADS")) {
     using SetThreads = void (*)(int);
     if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(1);
   }

@@ -10,8 +10,9 @@ enum class Workload { kInference, kTraining };
 
 // Training runs many small GEMMs between torch's own kernels: OpenBLAS is kept single-threaded
 // so that its pool does not spin against torch's OpenMP pool (3 LLaVA steps: 12.9 s -> 9.2 s).
-// Inference leaves OpenBLAS multi-threaded: its large f32 GEMMs are where the time goes
-// (110M-shape decode: 33 tok/s with OpenBLAS threads vs 18 tok/s without).
+// Inference keeps libtorch's thread defaults: its large f32 GEMMs run on OpenBLAS's own
+// threads, and a second busy pool beside them slows everything (110M-shape f32 decode on 2
+// cores: 33 tok/s with the defaults, 20 tok/s with 2 torch threads, 18 with single-threaded BLAS).
 void configure_runtime(Workload w = Workload::kInference);
 
 }  // namespace vadapt
