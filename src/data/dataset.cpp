@@ -21,6 +21,18 @@ struct BadRecord : VadaptError {
   throw BadRecord(file, cat("record ", index, field.empty() ? "" : " field '" + field + "'"), what);
 }
 
+// Runs one record's parser; with skip_bad a malformed record is counted and skipped.
+template <typename F>
+void guarded(const LoadOptions& o, LoadReport& rep, F&& parse_record) {
+  try {
+    parse_record();
+  } catch (const BadRecord& e) {
+    if (!o.skip_bad) throw;
+    ++rep.skipped;
+    log_warn(std::string("skipping: ") + e.what());
+  }
+}
+
 std::string resolve(const std::string& root, const std::string& p) {
   if (p.empty() || fs::path(p).is_absolute()) return p;
   return (fs::path(root) / p).string();
@@ -63,15 +75,8 @@ std::vector<Sample> load_llava(const std::string& path, const LoadOptions& o, Lo
   auto j = io::read_json(path);
   if (!j.is_array()) raise(path, "", "expected a JSON list of records (LLaVA conversation format)");
   std::vector<Sample> out;
-  for (size_t i = 0; i < j.size(); ++i) {
-    try {
-      out.push_back(parse_llava(j[i], path, static_cast<int64_t>(i), o.image_root));
-    } catch (const BadRecord& e) {
-      if (!o.skip_bad) throw;
-      ++rep.skipped;
-      log_warn(std::string("skipping: ") + e.what());
-    }
-  }
+  for (size_t i = 0; i < j.size(); ++i)
+    guarded(o, rep, [&] { out.push_back(parse_llava(j[i], path, static_cast<int64_t>(i), o.image_root)); });
   return out;
 }
 
@@ -89,7 +94,7 @@ std::vector<Sample> load_coco(const std::string& path, const LoadOptions& o, Loa
   const auto& anns = j["annotations"];
   for (size_t i = 0; i < anns.size(); ++i) {
     const auto& a = anns[i];
-    try {
+    guarded(o, rep, [&] {
       if (!a.contains("image_id") || !a["image_id"].is_number_integer()) bad(path, static_cast<int64_t>(i), "image_id", "missing integer");
       if (!a.contains("caption") || !a["caption"].is_string()) bad(path, static_cast<int64_t>(i), "caption", "missing string");
       auto f = files.find(a["image_id"].get<int64_t>());
@@ -99,11 +104,7 @@ std::vector<Sample> load_coco(const std::string& path, const LoadOptions& o, Loa
       s.image = resolve(o.image_root, f->second);
       s.conv.turns = {{"user", text::kImageTag}, {"assistant", a["caption"].get<std::string>()}};
       out.push_back(std::move(s));
-    } catch (const BadRecord& e) {
-      if (!o.skip_bad) throw;
-      ++rep.skipped;
-      log_warn(std::string("skipping: ") + e.what());
-    }
+    });
   }
   return out;
 }
@@ -117,7 +118,7 @@ std::vector<Sample> load_jsonl(const std::string& path, const LoadOptions& o, Lo
   while (std::getline(in, line)) {
     ++index;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    try {
+    guarded(o, rep, [&] {
       nlohmann::json r;
       try {
         r = nlohmann::json::parse(line);
@@ -135,11 +136,7 @@ std::vector<Sample> load_jsonl(const std::string& path, const LoadOptions& o, Lo
       s.conv.turns = {{"user", s.image.empty() ? prompt : std::string(text::kImageTag) + (prompt.empty() ? "" : "\n" + prompt)},
                       {"assistant", r["text"].get<std::string>()}};
       out.push_back(std::move(s));
-    } catch (const BadRecord& e) {
-      if (!o.skip_bad) throw;
-      ++rep.skipped;
-      log_warn(std::string("skipping: ") + e.what());
-    }
+    });
   }
   return out;
 }

@@ -240,11 +240,11 @@ TrainResult Trainer::fit() {
       std::snprintf(line, sizeof line,
                     "step %ld/%ld | epoch %.2f | loss %.4f | lr %.3g | grad norm %.3f | %.0f ms/step | %.0f tok/s | %.1f img/s | ETA %.0fs%s",
                     static_cast<long>(step), static_cast<long>(total_steps), static_cast<double>(step) / steps_per_epoch,
-                    window_loss / window_steps, group_lr[0] * mult, window_gn / window_steps, ms, window_tokens / secs,
+                    window_loss / window_steps, *std::max_element(group_lr.begin(), group_lr.end()) * mult, window_gn / window_steps, ms, window_tokens / secs,
                     window_images / secs, eta, val >= 0 ? cat(" | val loss ", val).c_str() : "");
       log_info(line);
       csv << step << "," << static_cast<double>(step) / steps_per_epoch << "," << window_loss / window_steps << ","
-          << group_lr[0] * mult << "," << window_gn / window_steps << "," << ms << "," << window_tokens / secs << ","
+          << *std::max_element(group_lr.begin(), group_lr.end()) * mult << "," << window_gn / window_steps << "," << ms << "," << window_tokens / secs << ","
           << window_images / secs << "," << (val >= 0 ? std::to_string(val) : "") << "\n";
       csv.flush();
       window_loss = window_tokens = window_images = window_gn = 0;

@@ -36,12 +36,8 @@ VisionOutput ClipVisionImpl::encode(const torch::Tensor& px) {
   x = pre_layrnorm_(x);  // (B, 1+N, C)
   VisionOutput out;
   out.hidden_states.push_back(x);
-  model::ForwardContext ctx;
-  for (auto& l : layers_) {
-    x = l->forward(x, ctx);  // (B, 1+N, C)
-    out.hidden_states.push_back(x);
-  }
-  out.last_hidden_state = x;
+  out.last_hidden_state = run_blocks(layers_, x, out.hidden_states);  // (B, 1+N, C)
+  x = out.last_hidden_state;
   out.pooled = post_layernorm_(x.select(1, 0));                    // (B, C)
   if (visual_projection_) out.head = visual_projection_(out.pooled);  // (B, P)
   return out;

@@ -21,6 +21,15 @@ torch::Tensor activation(const torch::Tensor& x, const std::string& act) {
   return torch::gelu(x);
 }
 
+torch::Tensor run_blocks(std::vector<EncoderBlock>& blocks, torch::Tensor x, std::vector<torch::Tensor>& hidden_states) {
+  model::ForwardContext ctx;
+  for (auto& b : blocks) {
+    x = b->forward(x, ctx);  // (B, 1+N, C)
+    hidden_states.push_back(x);
+  }
+  return x;
+}
+
 EncoderBlockImpl::EncoderBlockImpl(const BlockNames& n, const BlockDims& d, int64_t layer,
                                    const torch::TensorOptions& opts)
     : dims_(d), layer_(layer) {

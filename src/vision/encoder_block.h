@@ -42,4 +42,7 @@ TORCH_MODULE(EncoderBlock);
 
 torch::Tensor activation(const torch::Tensor& x, const std::string& act);
 
+// Runs the blocks in order, appending each block's output to `hidden_states`; returns the last.
+torch::Tensor run_blocks(std::vector<EncoderBlock>& blocks, torch::Tensor x, std::vector<torch::Tensor>& hidden_states);
+
 }  // namespace vadapt::vision

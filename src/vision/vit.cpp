@@ -41,12 +41,8 @@ VisionOutput ViTImpl::encode(const torch::Tensor& pixel_values) {
   x = torch::cat({cls_token_.expand({b, 1, cfg_.hidden_size}), x}, 1) + position_embeddings_;          // (B, 1+N, C)
   VisionOutput out;
   out.hidden_states.push_back(x);
-  model::ForwardContext ctx;
-  for (auto& l : layers_) {
-    x = l->forward(x, ctx);  // (B, 1+N, C)
-    out.hidden_states.push_back(x);
-  }
-  out.last_hidden_state = layernorm_(x);  // (B, 1+N, C)
+  x = run_blocks(layers_, x, out.hidden_states);  // (B, 1+N, C)
+  out.last_hidden_state = layernorm_(x);          // (B, 1+N, C)
   auto cls = out.last_hidden_state.select(1, 0);  // (B, C)
   if (classifier_) out.head = classifier_(cls);                         // (B, num_labels)
   if (pooler_) out.pooled = torch::tanh(pooler_(cls));                  // (B, C)
