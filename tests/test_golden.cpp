@@ -3,6 +3,7 @@
 // Pillow for every preprocessing pipeline. Skips with a message when ../shared is absent.
 #include <gtest/gtest.h>
 
+#include "data/dataset.h"
 #include "fixtures.h"
 #include "generate/generator.h"
 #include "io/json_file.h"
@@ -140,4 +141,31 @@ TEST(GoldenLlama2Tokenizer, LoadsThe32kSentencePieceModel) {
   auto ids = tok->encode("Hello world", true);
   EXPECT_EQ(ids, (std::vector<int64_t>{1, 15043, 3186}));
   EXPECT_EQ(tok->decode(ids), "Hello world");
+}
+
+// Our reader of the original ScienceQA problems.json builds exactly the prompts and answers of
+// LLaVA's converted llava_test_CQM-A.json (the 50 problems both files hold).
+TEST(GoldenScienceQA, ProblemsJsonGivesLlavasCqmAPrompts) {
+  VADAPT_REQUIRE_SHARED();
+  const std::string dir = vadapt::test::shared_dir() + "/data/scienceqa";
+  vadapt::data::LoadOptions o;
+  o.pid_split = "test";
+  auto ours = vadapt::data::load_dataset(dir + "/problems.json", o);
+  vadapt::data::LoadOptions lo;
+  lo.image_root = dir + "/images/test";
+  auto llava = vadapt::data::load_dataset(dir + "/llava_test_CQM-A.json", lo);
+  std::map<std::string, const vadapt::data::Sample*> by_id;
+  for (const auto& s : llava) by_id[s.id] = &s;
+  int compared = 0;
+  for (const auto& s : ours) {
+    auto it = by_id.find(s.id);
+    if (it == by_id.end()) continue;
+    ++compared;
+    ASSERT_EQ(s.conv.turns.size(), 2u);
+    EXPECT_EQ(s.conv.turns[0].text, it->second->conv.turns[0].text) << "problem " << s.id;
+    EXPECT_EQ(s.conv.turns[1].text, it->second->conv.turns[1].text) << "problem " << s.id;
+    EXPECT_EQ(s.image, it->second->image) << "problem " << s.id;
+    EXPECT_FALSE(s.tags.at("subject").empty());
+  }
+  EXPECT_EQ(compared, 50);
 }

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "data/dataset.h"
+#include "eval/eval_runner.h"
 #include "fixtures.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
@@ -347,4 +348,39 @@ TEST(QLora, ZeroInitEqualsTheQuantisedBaseAndMergeEqualsUnmerged) {
   auto unmerged = logits_of(q, b);
   q.adapters()->merge_into(*q.lm());
   EXPECT_TRUE(tensors_close(logits_of(q, b), unmerged, 1e-5));
+}
+
+TEST(Eval, RunnerWritesPredictionsAndScoresEveryTask) {
+  World w;
+  vlm::VisionLanguageModel m(w.spec("projector"));
+  TempDir out;
+  eval::EvalOptions o;
+  o.data = w.data;
+  o.batch_size = 3;  // a ragged last batch
+  o.max_new_tokens = 4;
+  o.out_dir = out.path();
+  o.task = "exact_match";
+  auto em = eval::run_eval(m, o);
+  EXPECT_EQ(em.summary["n"].get<int64_t>(), 8);
+  const double acc = em.summary["metrics"]["all"]["accuracy"].get<double>();
+  EXPECT_GE(acc, 0.0);
+  EXPECT_LE(acc, 1.0);
+  auto lines = io::read_text_file(out.file("predictions.jsonl"));
+  EXPECT_EQ(std::count(lines.begin(), lines.end(), '\n'), 8);
+  EXPECT_TRUE(std::filesystem::exists(out.file("summary.json")));
+  // Batched generation answers exactly as one prompt at a time.
+  o.batch_size = 1;
+  auto single = eval::run_eval(m, o);
+  EXPECT_EQ(io::read_text_file(out.file("predictions.jsonl")), lines);
+  o.task = "captions";
+  auto cap = eval::run_eval(m, o);
+  EXPECT_TRUE(cap.summary["metrics"].contains("CIDEr-D"));
+  EXPECT_EQ(cap.summary["n"].get<int64_t>(), 8);  // one generation per image
+  o.task = "loss";
+  auto loss = eval::run_eval(m, o);
+  const double l = loss.summary["metrics"]["loss"].get<double>();
+  EXPECT_GT(l, 0.0);
+  EXPECT_NEAR(loss.summary["metrics"]["perplexity"].get<double>(), std::exp(l), 1e-9);
+  o.task = "nope";
+  EXPECT_THROW(eval::run_eval(m, o), VadaptError);
 }

@@ -49,6 +49,8 @@ Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t ind
     if (!img->is_string()) bad(file, index, "image", "must be a string path");
     s.image = resolve(root, img->get<std::string>());
   }
+  auto type = r.find("type");
+  if (type != r.end() && type->is_string()) s.type = type->get<std::string>();
   auto conv = r.find("conversations");
   if (conv == r.end() || !conv->is_array() || conv->empty()) bad(file, index, "conversations", "missing or empty list");
   for (size_t i = 0; i < conv->size(); ++i) {
@@ -141,6 +143,69 @@ std::vector<Sample> load_jsonl(const std::string& path, const LoadOptions& o, Lo
   return out;
 }
 
+// ScienceQA's problems.json -> LLaVA's CQM-A prompt: "Context: {hint}\n" (when there is one),
+// the question, then "A. choice" lines; the answer is the letter.
+std::vector<Sample> load_scienceqa(const std::string& path, const LoadOptions& o, LoadReport& rep) {
+  auto problems = io::read_json(path);
+  if (!problems.is_object()) raise(path, "", "expected ScienceQA problems.json: an object keyed by problem id");
+  const std::string splits_path = (fs::path(path).parent_path() / "pid_splits.json").string();
+  std::vector<std::string> pids;
+  if (fs::exists(splits_path)) {
+    auto splits = io::read_json(splits_path);
+    if (!splits.contains(o.pid_split) || !splits[o.pid_split].is_array())
+      raise(splits_path, o.pid_split, "no such split (train, val, test, minitrain, minival, minitest, ...)");
+    for (const auto& id : splits[o.pid_split]) {
+      const std::string pid = id.is_string() ? id.get<std::string>() : id.dump();
+      if (problems.contains(pid)) pids.push_back(pid);
+    }
+  } else {
+    log_warn(cat(splits_path, " not found: using every problem in ", path));
+    for (const auto& [k, v] : problems.items()) pids.push_back(k);
+  }
+  const std::string root = o.image_root.empty() ? fs::path(path).parent_path().string() : o.image_root;
+  std::vector<Sample> out;
+  for (const auto& pid : pids) {
+    const auto& p = problems[pid];
+    guarded(o, rep, [&] {
+      const std::string rec = "problem " + pid;
+      auto need_string = [&](const char* key) {
+        if (!p.contains(key) || !p[key].is_string()) throw BadRecord(path, rec + " field '" + key + "'", "missing string");
+        return p[key].get<std::string>();
+      };
+      if (!p.is_object()) throw BadRecord(path, rec, "must be an object");
+      const std::string question = need_string("question");
+      if (!p.contains("choices") || !p["choices"].is_array() || p["choices"].empty() || p["choices"].size() > 26)
+        throw BadRecord(path, rec + " field 'choices'", "expected a list of 1-26 strings");
+      if (!p.contains("answer") || !p["answer"].is_number_integer() || p["answer"].get<int64_t>() < 0 ||
+          p["answer"].get<size_t>() >= p["choices"].size())
+        throw BadRecord(path, rec + " field 'answer'", "expected an index into 'choices'");
+      const std::string hint = p.contains("hint") && p["hint"].is_string() ? p["hint"].get<std::string>() : "";
+      std::string text = hint.empty() ? "" : "Context: " + hint + "\n";
+      text += question;
+      for (size_t c = 0; c < p["choices"].size(); ++c) text += cat("\n", static_cast<char>('A' + c), ". ", p["choices"][c].get<std::string>());
+      Sample s;
+      s.id = pid;
+      if (p.contains("image") && p["image"].is_string()) {
+        const std::string img = p["image"].get<std::string>();
+        s.image = (fs::path(root) / "images" / "test" / pid / img).string();
+        for (const char* split : {"train", "val", "test"}) {
+          auto cand = fs::path(root) / "images" / split / pid / img;
+          if (fs::exists(cand)) s.image = cand.string();
+        }
+        text = std::string(text::kImageTag) + "\n" + text;
+      }
+      s.conv.turns = {{"user", text}, {"assistant", std::string(1, static_cast<char>('A' + p["answer"].get<int>()))}};
+      s.type = p.value("subject", "");
+      s.tags = {{"subject", p.value("subject", "")},
+                {"grade", p.value("grade", "")},
+                {"has_context", hint.empty() ? "0" : "1"},
+                {"choices", std::to_string(p["choices"].size())}};
+      out.push_back(std::move(s));
+    });
+  }
+  return out;
+}
+
 }  // namespace
 
 std::vector<Sample> load_dataset(const std::string& path, const LoadOptions& opts_in, LoadReport* report) {
@@ -152,6 +217,7 @@ std::vector<Sample> load_dataset(const std::string& path, const LoadOptions& opt
     std::string ext = fs::path(path).extension().string();
     if (ext == ".jsonl") fmt = "jsonl";
     else if (fs::path(path).filename().string().rfind("captions_", 0) == 0) fmt = "coco";
+    else if (fs::path(path).filename() == "problems.json") fmt = "scienceqa";
     else fmt = "llava";
   }
   LoadReport rep;
@@ -159,7 +225,8 @@ std::vector<Sample> load_dataset(const std::string& path, const LoadOptions& opt
   if (fmt == "llava") out = load_llava(path, o, rep);
   else if (fmt == "coco") out = load_coco(path, o, rep);
   else if (fmt == "jsonl") out = load_jsonl(path, o, rep);
-  else raise(path, "format", "unknown dataset format '", fmt, "' (llava, coco, jsonl)");
+  else if (fmt == "scienceqa") out = load_scienceqa(path, o, rep);
+  else raise(path, "format", "unknown dataset format '", fmt, "' (llava, coco, jsonl, scienceqa)");
   if (o.check_images) {
     std::vector<std::string> missing;
     std::vector<Sample> kept;

@@ -3,10 +3,14 @@
 //           (ScienceQA in LLaVA's llava_test_CQM-A.json form is this format too)
 //  coco     COCO captions annotations/captions_*.json: one sample per caption
 //  jsonl    one {"image": ..., "text": ...} per line (a caption per image)
+//  scienceqa  the original ScienceQA problems.json + pid_splits.json beside it (LoadOptions::
+//           pid_split picks the split); prompts in LLaVA's CQM-A form, answer = the letter;
+//           images from images/<train|val|test>/<pid>/image.png beside the file
 // A malformed record gets an error naming file, record index and field; with skip_bad it is
 // counted and skipped. Missing image files are all reported up front.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -18,6 +22,9 @@ struct Sample {
   std::string id;
   std::string image;  // resolved path, or empty for a text-only sample
   text::Conversation conv;
+  std::string type;  // question type / category for per-type scores (the record's "type" field)
+  // ScienceQA metadata (format scienceqa): subject, grade, has_context ("1"/"0"), choices (count).
+  std::map<std::string, std::string> tags;
 };
 
 struct LoadOptions {
@@ -30,6 +37,7 @@ struct LoadOptions {
   // sorted order; text-only samples by index) goes to "val", the rest to "train".
   int64_t split_every = 0;
   std::string split;  // "", "train" or "val"
+  std::string pid_split = "test";  // format scienceqa: a key of pid_splits.json
 };
 
 struct LoadReport {

@@ -1,7 +1,8 @@
 // Recipes: YAML files under recipes/ that name the method, the frozen models, the connector and
 // one or more training stages (LLaVA: stage 1 projector alignment on captions, stage 2 visual
-// instruction tuning). `--set a.b.c=value` overrides any key. "${shared}" in a path expands to
-// $VADAPT_SHARED_DIR (default: ../shared beside the working directory).
+// instruction tuning). `--set a.b.c=value` overrides any key. "${name}" in a path expands to
+// $VADAPT_<NAME>_DIR; defaults: ${shared} = ../shared beside the working directory, ${synth} =
+// runs/synth-data (where scripts/demo.sh renders the synthetic dataset).
 #pragma once
 
 #include <nlohmann/json.hpp>

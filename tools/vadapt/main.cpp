@@ -10,6 +10,8 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "common/runtime.h"
+#include "data/synth.h"
+#include "eval/eval_runner.h"
 #include "generate/generator.h"
 #include "io/hf_config.h"
 #include "io/atomic_file.h"
@@ -271,6 +273,37 @@ int run_encode(const EncodeArgs& a) {
   return 0;
 }
 
+struct EvalArgs {
+  eval::EvalOptions opts;
+  std::string adapter, recipe, stage, device = "cpu";
+  std::vector<std::string> overrides;
+  bool no_cache = false;
+};
+
+// Scores a trained adapter (--adapter) or, for a "before training" baseline, the untrained
+// model a recipe stage starts from (--recipe, --stage).
+int run_eval(const EvalArgs& a) {
+  auto device = parse_device(a.device);
+  std::unique_ptr<vlm::VisionLanguageModel> m;
+  if (!a.adapter.empty() == !a.recipe.empty()) throw VadaptError("eval: give exactly one of --adapter DIR or --recipe FILE");
+  if (!a.adapter.empty()) {
+    m = vlm::load_vlm_checkpoint(a.adapter, device);
+  } else {
+    auto recipe = train::load_recipe(a.recipe, a.overrides);
+    const train::Stage* st = nullptr;
+    for (const auto& s : recipe.stages)
+      if (a.stage.empty() || s.name == a.stage) st = &s;
+    if (!st) throw VadaptError(cat(a.recipe, ": no stage named '", a.stage, "'"));
+    log_info(cat("eval: untrained model of stage ", st->name, " (projector initialised with seed ", st->spec.seed, ")"));
+    m = std::make_unique<vlm::VisionLanguageModel>(st->spec, device);
+  }
+  if (!a.no_cache) m->enable_feature_cache(train::default_feature_cache_dir());
+  auto rep = eval::run_eval(*m, a.opts);
+  log_info(cat("\n", rep.table, "(", rep.summary["n"].get<int64_t>(), " samples, ", static_cast<int64_t>(rep.summary["seconds"].get<double>()), " s)"));
+  std::cout << rep.summary.dump(2) << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -321,6 +354,39 @@ int main(int argc, char** argv) {
   tr->add_option("--stage", ta.stage, "run only this stage");
   tr->add_option("--resume", ta.resume, "checkpoint folder or 'latest'");
 
+  data::SynthOptions so;
+  auto* sy = app.add_subcommand("synth", "render the synthetic shapes-and-words dataset (deterministic by seed)");
+  sy->add_option("--out", so.out, "output folder")->required();
+  sy->add_option("--seed", so.seed, "random seed");
+  sy->add_option("--n", so.n, "number of images")->check(CLI::PositiveNumber);
+  sy->add_option("--image-size", so.image_size, "image side in pixels");
+  sy->add_option("--word-fraction", so.word_fraction, "share of images that show a written word")->check(CLI::Range(0.0, 1.0));
+  sy->add_option("--val-fraction", so.val_fraction, "share of images in the val split")->check(CLI::Range(0.0, 1.0));
+  sy->add_option("--test-fraction", so.test_fraction, "share of images in the test split")->check(CLI::Range(0.0, 1.0));
+  sy->add_option("--font", so.font, "TrueType font for the words");
+
+  EvalArgs va;
+  auto* ev = app.add_subcommand("eval", "score a model on a dataset: predictions JSONL + summary JSON (stdout) + table (stderr)");
+  ev->add_option("--task", va.opts.task, "exact_match | vqa | scienceqa | captions | loss")->required();
+  ev->add_option("--data", va.opts.data, "dataset file (LLaVA JSON, COCO captions, problems.json, JSONL)")->required();
+  ev->add_option("--adapter", va.adapter, "trained adapter folder (from vadapt train)");
+  ev->add_option("--recipe", va.recipe, "recipe YAML: score the untrained model of a stage (a baseline)");
+  ev->add_option("--stage", va.stage, "recipe stage (default: the last)");
+  ev->add_option("--set", va.overrides, "recipe override key.path=value");
+  ev->add_option("--format", va.opts.format, "llava | coco | jsonl | scienceqa (default: from the file)");
+  ev->add_option("--image-root", va.opts.image_root, "folder that relative image paths start from");
+  ev->add_option("--problems", va.opts.problems, "ScienceQA problems.json for per-subject / grade scores");
+  ev->add_option("--split", va.opts.split, "ScienceQA pid split with problems.json (default: test)");
+  ev->add_option("--prompt", va.opts.prompt, "captions: the instruction");
+  ev->add_option("--prompt-suffix", va.opts.prompt_suffix, "appended to every question");
+  ev->add_option("--limit", va.opts.limit, "at most this many samples");
+  ev->add_option("--batch-size", va.opts.batch_size, "prompts per generation batch")->check(CLI::PositiveNumber);
+  ev->add_option("--max-new-tokens", va.opts.max_new_tokens, "answer length limit (default: per task)");
+  ev->add_option("--out", va.opts.out_dir, "folder for predictions.jsonl and summary.json");
+  ev->add_option("--device", va.device, "cpu | cuda[:N]");
+  ev->add_flag("--skip-bad", va.opts.skip_bad, "skip malformed records (counted) instead of failing");
+  ev->add_flag("--no-feature-cache", va.no_cache, "recompute frozen vision features");
+
   std::string merge_adapter, merge_out;
   auto* mg = app.add_subcommand("merge", "fold a LoRA adapter into the LLM and write a Hugging Face folder");
   mg->add_option("--adapter", merge_adapter, "LoRA adapter folder")->required();
@@ -343,6 +409,13 @@ int main(int argc, char** argv) {
     if (*tr) return run_train(ta);
     if (*mg) return run_merge(merge_adapter, merge_out);
     if (*enc) return run_encode(ea);
+    if (*ev) return run_eval(va);
+    if (*sy) {
+      auto rep = data::write_synthetic_dataset(so);
+      std::cout << nlohmann::json{{"out", so.out}, {"images", rep.images}, {"train", rep.train}, {"val", rep.val}, {"test", rep.test}}.dump()
+                << std::endl;
+      return 0;
+    }
   } catch (const VadaptError& e) {
     std::cerr << "vadapt: error: " << e.what() << std::endl;
     return 2;
