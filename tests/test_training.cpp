@@ -381,6 +381,12 @@ TEST(Eval, RunnerWritesPredictionsAndScoresEveryTask) {
   const double l = loss.summary["metrics"]["loss"].get<double>();
   EXPECT_GT(l, 0.0);
   EXPECT_NEAR(loss.summary["metrics"]["perplexity"].get<double>(), std::exp(l), 1e-9);
+  // Prompts longer than the context are not generated for: counted and scored as wrong.
+  o.task = "exact_match";
+  o.prompt_suffix = std::string(600, 'x');
+  auto long_prompts = eval::run_eval(m, o);
+  EXPECT_EQ(long_prompts.summary["too_long_for_context"].get<int64_t>(), 8);
+  EXPECT_EQ(long_prompts.summary["metrics"]["all"]["accuracy"].get<double>(), 0.0);
   o.task = "nope";
   EXPECT_THROW(eval::run_eval(m, o), VadaptError);
 }

@@ -285,6 +285,11 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
                            {"image", name},
                            {"conversations", {{{"from", "human"}, {"value", "<image>"}}, {{"from", "gpt"}, {"value", caption_of(scene)}}}}});
     for (const auto& q : questions_of(scene)) {
+      if (split == "test" && q.type == "color" && rep.example_image.empty()) {
+        rep.example_image = (fs::path(o.out) / name).string();
+        rep.example_question = q.question;
+        rep.example_answer = q.answer;
+      }
       qa[split].push_back({{"id", id + "_" + q.type},
                            {"image", name},
                            {"type", q.type},

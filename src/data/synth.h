@@ -49,6 +49,8 @@ struct SynthOptions {
 struct SynthReport {
   int64_t images = 0;
   int64_t train = 0, val = 0, test = 0;  // question/answer samples per split
+  // The first colour question of the test split (for a demo): image path, question, answer.
+  std::string example_image, example_question, example_answer;
 };
 
 const std::vector<std::string>& synth_colors();

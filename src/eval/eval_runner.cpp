@@ -34,9 +34,11 @@ std::string first_turn(const data::Sample& s, const std::string& role) {
   return "";
 }
 
-// Greedy answers for every query, `batch` prompts at a time (left-padded).
+// Greedy answers for every query, `batch` prompts at a time (left-padded). A prompt that does
+// not fit the model's context with max_new_tokens gets no generation: its answer is empty (so it
+// scores as wrong) and it is counted in *too_long.
 std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vector<Query>& qs, int64_t batch,
-                                    int64_t max_new_tokens) {
+                                    int64_t max_new_tokens, int64_t* too_long) {
   torch::NoGradGuard ng;
   m.train_mode(false);
   generate::Generator gen(m.lm());
@@ -51,27 +53,37 @@ std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vect
     const size_t end = std::min(qs.size(), i + static_cast<size_t>(batch));
     std::vector<std::vector<int64_t>> prompts;
     std::vector<std::string> images;
+    std::vector<size_t> rows;  // queries of this batch that fit
+    const int64_t context = m.lm()->config().max_position_embeddings;
     for (size_t j = i; j < end; ++j) {
       text::Conversation conv;
       conv.turns.push_back({"user", qs[j].question});
       auto enc = text::encode_segments(m.tokenizer(), m.chat_template().segments(conv, true), m.image_tokens());
       if (enc.num_images != (qs[j].image.empty() ? 0 : 1))
         throw VadaptError(cat("sample ", qs[j].id, ": the prompt must hold exactly one <image> when the sample has an image"));
+      if (static_cast<int64_t>(enc.ids.size()) + max_new_tokens > context) {
+        ++*too_long;
+        continue;
+      }
+      rows.push_back(j);
       prompts.push_back(std::move(enc.ids));
       if (!qs[j].image.empty()) images.push_back(qs[j].image);
     }
-    auto [ids, mask] = generate::left_pad(prompts, m.tokenizer().pad_id());
-    torch::Tensor img;
-    if (!images.empty()) img = m.project(m.image_features(images));  // (M, N, d)
-    auto x = m.embed(ids, img);                                        // (B, T, d)
-    auto res = gen.generate_embeds(x, mask, go);
-    for (const auto& toks : res.tokens) {
-      std::string t = m.tokenizer().decode(toks);
-      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
-      while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
-      out.push_back(t);
+    out.resize(end);
+    if (!prompts.empty()) {
+      auto [ids, mask] = generate::left_pad(prompts, m.tokenizer().pad_id());
+      torch::Tensor img;
+      if (!images.empty()) img = m.project(m.image_features(images));  // (M, N, d)
+      auto x = m.embed(ids, img);                                        // (B, T, d)
+      auto res = gen.generate_embeds(x, mask, go);
+      for (size_t r = 0; r < rows.size(); ++r) {
+        std::string t = m.tokenizer().decode(res.tokens[r]);
+        while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
+        while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+        out[rows[r]] = t;
+      }
+      generated += res.generated_tokens;
     }
-    generated += res.generated_tokens;
     const double s = sw.seconds();
     const double done = static_cast<double>(end);
     log_info(cat("eval: ", end, "/", qs.size(), " | ", static_cast<int64_t>(generated / std::max(s, 1e-9)), " tok/s | ETA ",
@@ -156,7 +168,13 @@ EvalReport run_eval(vlm::VisionLanguageModel& m, const EvalOptions& o) {
       }
     }
     const int64_t max_new = o.max_new_tokens > 0 ? o.max_new_tokens : o.task == "captions" ? 40 : o.task == "scienceqa" ? 8 : 12;
-    auto preds = answer_all(m, qs, o.batch_size, max_new);
+    int64_t too_long = 0;
+    auto preds = answer_all(m, qs, o.batch_size, max_new, &too_long);
+    if (too_long > 0) {
+      log_warn(cat(too_long, " of ", qs.size(), " prompts do not fit the model's context of ", m.lm()->config().max_position_embeddings,
+                   " positions with ", max_new, " new tokens: no answer generated, scored as wrong"));
+      rep.summary["too_long_for_context"] = too_long;
+    }
     nlohmann::json rows = nlohmann::json::array();
     std::string table;
     if (o.task == "captions") {

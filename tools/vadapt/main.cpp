@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 
 #include "common/error.h"
@@ -277,8 +278,23 @@ struct EvalArgs {
   eval::EvalOptions opts;
   std::string adapter, recipe, stage, device = "cpu";
   std::vector<std::string> overrides;
+  std::string baseline;  // an earlier summary.json to compare with
   bool no_cache = false;
 };
+
+// "| type | n | before | after |" from two exact_match / vqa summaries.
+std::string compare_table(const nlohmann::json& before, const nlohmann::json& after) {
+  std::string t = "| question type | n | accuracy before | accuracy after |\n|---|---|---|---|\n";
+  for (const auto& [type, m] : after["metrics"].items()) {
+    const auto& b = before["metrics"];
+    char line[256];
+    std::snprintf(line, sizeof line, "| %s | %lld | %s | %.3f |\n", type.c_str(), static_cast<long long>(m["n"].get<double>()),
+                  b.contains(type) ? cat(std::fixed, std::setprecision(3), b[type]["accuracy"].get<double>()).c_str() : "-",
+                  m["accuracy"].get<double>());
+    t += line;
+  }
+  return t;
+}
 
 // Scores a trained adapter (--adapter) or, for a "before training" baseline, the untrained
 // model a recipe stage starts from (--recipe, --stage).
@@ -299,6 +315,12 @@ int run_eval(const EvalArgs& a) {
   }
   if (!a.no_cache) m->enable_feature_cache(train::default_feature_cache_dir());
   auto rep = eval::run_eval(*m, a.opts);
+  if (!a.baseline.empty()) {
+    if (a.opts.task != "exact_match" && a.opts.task != "vqa") throw VadaptError("--baseline: only for exact_match and vqa");
+    auto before = io::read_json(a.baseline);
+    if (!before.contains("metrics") || !before["metrics"].is_object()) raise(a.baseline, "metrics", "not an eval summary.json");
+    rep.table = compare_table(before, rep.summary);
+  }
   log_info(cat("\n", rep.table, "(", rep.summary["n"].get<int64_t>(), " samples, ", static_cast<int64_t>(rep.summary["seconds"].get<double>()), " s)"));
   std::cout << rep.summary.dump(2) << std::endl;
   return 0;
@@ -384,6 +406,7 @@ int main(int argc, char** argv) {
   ev->add_option("--max-new-tokens", va.opts.max_new_tokens, "answer length limit (default: per task)");
   ev->add_option("--out", va.opts.out_dir, "folder for predictions.jsonl and summary.json");
   ev->add_option("--device", va.device, "cpu | cuda[:N]");
+  ev->add_option("--baseline", va.baseline, "an earlier summary.json: the table shows before / after per type");
   ev->add_flag("--skip-bad", va.opts.skip_bad, "skip malformed records (counted) instead of failing");
   ev->add_flag("--no-feature-cache", va.no_cache, "recompute frozen vision features");
 
@@ -412,7 +435,9 @@ int main(int argc, char** argv) {
     if (*ev) return run_eval(va);
     if (*sy) {
       auto rep = data::write_synthetic_dataset(so);
-      std::cout << nlohmann::json{{"out", so.out}, {"images", rep.images}, {"train", rep.train}, {"val", rep.val}, {"test", rep.test}}.dump()
+      std::cout << nlohmann::json{{"out", so.out}, {"images", rep.images}, {"train", rep.train}, {"val", rep.val}, {"test", rep.test},
+                                  {"example_image", rep.example_image}, {"example_question", rep.example_question},
+                                  {"example_answer", rep.example_answer}}.dump()
                 << std::endl;
       return 0;
     }
