@@ -105,16 +105,6 @@ class Font {
       if (i + 1 < text.size()) pen += scale * stbtt_GetCodepointKernAdvance(&info_, cp, static_cast<unsigned char>(text[i + 1]));
     }
   }
-  int width(const std::string& text, int height) const {
-    float scale = stbtt_ScaleForPixelHeight(&info_, static_cast<float>(height));
-    double pen = 0;
-    for (size_t i = 0; i < text.size(); ++i) {
-      int adv = 0, lsb = 0;
-      stbtt_GetCodepointHMetrics(&info_, static_cast<unsigned char>(text[i]), &adv, &lsb);
-      pen += adv * scale;
-    }
-    return static_cast<int>(std::ceil(pen));
-  }
 
  private:
   std::string path_;

@@ -8,6 +8,13 @@
 
 namespace vadapt::eval {
 
+std::string strip(const std::string& s) {
+  size_t b = 0, e = s.size();
+  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
+  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
+  return s.substr(b, e - b);
+}
+
 std::string normalize_answer(const std::string& answer) {
   std::string s;
   for (char ch : answer) {
@@ -65,9 +72,7 @@ double vqa_accuracy(const std::string& prediction, const std::vector<std::string
 }
 
 int parse_choice(const std::string& prediction, int num_choices) {
-  std::string t = prediction;
-  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
-  while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
+  const std::string t = strip(prediction);
   auto index_of = [&](char c) { return c >= 'A' && c < 'A' + num_choices ? c - 'A' : -1; };
   if (t.size() == 1) return index_of(t[0]);
   if (t.size() >= 3 && t[1] == '.' && t[2] == ' ') return index_of(t[0]);

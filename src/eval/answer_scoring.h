@@ -14,6 +14,8 @@
 
 namespace vadapt::eval {
 
+// Without leading / trailing whitespace.
+std::string strip(const std::string& s);
 std::string normalize_answer(const std::string& answer);
 bool exact_match(const std::string& prediction, const std::string& reference);
 double vqa_accuracy(const std::string& prediction, const std::vector<std::string>& references);

@@ -49,12 +49,12 @@ std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vect
   std::vector<std::string> out;
   Stopwatch sw;
   int64_t generated = 0;
+  const int64_t context = m.lm()->config().max_position_embeddings;
   for (size_t i = 0; i < qs.size(); i += static_cast<size_t>(batch)) {
     const size_t end = std::min(qs.size(), i + static_cast<size_t>(batch));
     std::vector<std::vector<int64_t>> prompts;
     std::vector<std::string> images;
     std::vector<size_t> rows;  // queries of this batch that fit
-    const int64_t context = m.lm()->config().max_position_embeddings;
     for (size_t j = i; j < end; ++j) {
       text::Conversation conv;
       conv.turns.push_back({"user", qs[j].question});
@@ -77,10 +77,7 @@ std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vect
       auto x = m.embed(ids, img);                                        // (B, T, d)
       auto res = gen.generate_embeds(x, mask, go);
       for (size_t r = 0; r < rows.size(); ++r) {
-        std::string t = m.tokenizer().decode(res.tokens[r]);
-        while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.erase(t.begin());
-        while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.pop_back();
-        out[rows[r]] = t;
+        out[rows[r]] = strip(m.tokenizer().decode(res.tokens[r]));
       }
       generated += res.generated_tokens;
     }

@@ -300,6 +300,12 @@ std::string compare_table(const nlohmann::json& before, const nlohmann::json& af
 // model a recipe stage starts from (--recipe, --stage).
 int run_eval(const EvalArgs& a) {
   auto device = parse_device(a.device);
+  nlohmann::json before;  // read first, so a bad --baseline fails before the evaluation runs
+  if (!a.baseline.empty()) {
+    if (a.opts.task != "exact_match" && a.opts.task != "vqa") throw VadaptError("--baseline: only for exact_match and vqa");
+    before = io::read_json(a.baseline);
+    if (!before.contains("metrics") || !before["metrics"].is_object()) raise(a.baseline, "metrics", "not an eval summary.json");
+  }
   std::unique_ptr<vlm::VisionLanguageModel> m;
   if (!a.adapter.empty() == !a.recipe.empty()) throw VadaptError("eval: give exactly one of --adapter DIR or --recipe FILE");
   if (!a.adapter.empty()) {
@@ -315,12 +321,7 @@ int run_eval(const EvalArgs& a) {
   }
   if (!a.no_cache) m->enable_feature_cache(train::default_feature_cache_dir());
   auto rep = eval::run_eval(*m, a.opts);
-  if (!a.baseline.empty()) {
-    if (a.opts.task != "exact_match" && a.opts.task != "vqa") throw VadaptError("--baseline: only for exact_match and vqa");
-    auto before = io::read_json(a.baseline);
-    if (!before.contains("metrics") || !before["metrics"].is_object()) raise(a.baseline, "metrics", "not an eval summary.json");
-    rep.table = compare_table(before, rep.summary);
-  }
+  if (!a.baseline.empty()) rep.table = compare_table(before, rep.summary);
   log_info(cat("\n", rep.table, "(", rep.summary["n"].get<int64_t>(), " samples, ", static_cast<int64_t>(rep.summary["seconds"].get<double>()), " s)"));
   std::cout << rep.summary.dump(2) << std::endl;
   return 0;
