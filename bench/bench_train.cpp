@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "common/log.h"
+#include "io/atomic_file.h"
 #include "common/runtime.h"
 #include "data/dataset.h"
 #include "train/recipe.h"
@@ -79,7 +80,7 @@ int main(int argc, char** argv) {
         st.init_from.clear();
         auto tmp = std::filesystem::temp_directory_path() / ("vadapt-bench-" + std::to_string(getpid()));
         Result r = run_once(st, cache, steps, tmp.string());
-        std::filesystem::remove_all(tmp);
+        vadapt::io::remove_tree(tmp);
         if (write(fds[1], &r, sizeof r) != sizeof r) _exit(2);
         _exit(0);
       }

@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "vision/clip_vision.h"
+#include "vision/image.h"
 #include "vision/vit.h"
 
 namespace vadapt::test {
@@ -23,8 +24,7 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
-  std::error_code ec;
-  fs::remove_all(path_, ec);
+  io::remove_tree(path_);
 }
 
 io::LlamaConfig tiny_llama_config(bool gqa, bool tied, bool bias) {
@@ -174,6 +174,41 @@ std::string shared_dir() {
   if (std::memcmp(ac.data_ptr(), bc.data_ptr(), static_cast<size_t>(ac.numel()) * ac.element_size()) != 0)
     return tensors_close(a, b, 0.0) << " (bitwise differ)";
   return ::testing::AssertionSuccess();
+}
+
+TinyVlmWorld::TinyVlmWorld() {
+  llm = dir.file("llm");
+  clip = dir.file("clip");
+  write_tiny_llama(llm, tiny_llama_config());
+  write_tiny_clip(clip);
+  nlohmann::json recs = nlohmann::json::array();
+  const char* names[] = {"red", "green", "blue", "white"};
+  const uint8_t rgb[4][3] = {{220, 20, 20}, {20, 200, 20}, {20, 20, 220}, {240, 240, 240}};
+  for (int i = 0; i < 8; ++i) {
+    vision::Image img;
+    img.width = img.height = 40;
+    img.rgb.resize(40 * 40 * 3);
+    for (size_t p = 0; p < img.rgb.size(); ++p) img.rgb[p] = rgb[i % 4][p % 3];
+    std::string f = "img" + std::to_string(i) + ".png";
+    vision::write_png(dir.file(f), img);
+    recs.push_back({{"id", i}, {"image", f},
+                    {"conversations", {{{"from", "human"}, {"value", "<image>\nWhat colour?"}},
+                                       {{"from", "gpt"}, {"value", std::string("the ") + names[i % 4]}}}}});
+  }
+  data = dir.file("train.json");
+  io::write_text_atomic(data, recs.dump());
+}
+
+vlm::VlmSpec TinyVlmWorld::spec(const std::string& tune) const {
+  vlm::VlmSpec s;
+  s.llm = llm;
+  s.vision = clip;
+  s.connector = "mlp2x_gelu";
+  s.preprocess = "clip32";
+  s.template_name = "vicuna_v1";
+  s.tune = tune;
+  s.lora.lora = {4, 8, 0.0};
+  return s;
 }
 
 }  // namespace vadapt::test

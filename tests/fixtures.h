@@ -9,6 +9,7 @@
 #include <string>
 
 #include "io/hf_config.h"
+#include "vlm/vlm_spec.h"
 
 namespace vadapt::test {
 
@@ -31,6 +32,16 @@ void write_tiny_vit(const std::string& dir, uint64_t seed = 2);
 void write_tiny_clip(const std::string& dir, uint64_t seed = 3);
 // A byte-level BPE tokenizer.json: 256 byte tokens, a few merges, <s> and </s> added tokens.
 void write_tiny_tokenizer(const std::string& dir, int64_t vocab_size);
+
+// A tiny LLaVA world: LLM + CLIP fixtures, 8 solid-colour 40 px images (red, green, blue,
+// white), a LLaVA JSON dataset asking their colour.
+struct TinyVlmWorld {
+  TempDir dir;
+  std::string llm, clip, data;
+  TinyVlmWorld();
+  // LLaVA spec over the fixtures: mlp2x_gelu, clip32 preprocessing, vicuna_v1, LoRA r 4 alpha 8.
+  vlm::VlmSpec spec(const std::string& tune) const;
+};
 
 // Path of ../shared (from VADAPT_SHARED_DIR, or found next to the source tree); empty if absent.
 std::string shared_dir();

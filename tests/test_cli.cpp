@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "fixtures.h"
+#include "io/safetensors.h"
 
 using vadapt::test::TempDir;
 
@@ -68,4 +69,55 @@ TEST(Cli, InspectPrintsJsonWithParameterCounts) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["parameters"].get<int64_t>(), vadapt::test::tiny_llama_config().parameter_count());
   EXPECT_EQ(j["kind"], "llama");
+}
+
+namespace {
+// A one-stage LoRA recipe over the tiny world, as JSON (recipes read YAML or JSON).
+std::string write_lora_recipe(const vadapt::test::TinyVlmWorld& w, const std::string& path, int batch_size, const std::string& data) {
+  nlohmann::json r = {{"method", "llava"},
+                      {"model", {{"llm", w.llm}, {"vision", w.clip}, {"connector", "mlp2x_gelu"}, {"preprocess", "clip32"}}},
+                      {"feature_cache", "none"},
+                      {"stages",
+                       {{{"name", "s"},
+                         {"tune", "lora"},
+                         {"template", "vicuna_v1"},
+                         {"lora", {{"r", 4}, {"alpha", 8}, {"dropout", 0.0}}},
+                         {"data", {{"train", data}, {"format", "llava"}}},
+                         {"train", {{"max_steps", 3}, {"batch_size", batch_size}, {"lr", 5e-3}, {"warmup_ratio", 0.0}, {"log_every", 1}}}}}}};
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  std::fputs(r.dump(2).c_str(), f);
+  std::fclose(f);
+  return path;
+}
+}  // namespace
+
+// c10d data parallel: 2 workers on loopback with batch B each end at the parameters of 1 worker
+// with batch 2B (the same global batch), and only rank 0 writes to stdout.
+TEST(Cli, TwoDataParallelWorkersEqualOneWorkerWithTheSameGlobalBatch) {
+  vadapt::test::TinyVlmWorld w;
+  TempDir out;
+  auto one = run_cli("train --recipe " + write_lora_recipe(w, out.file("one.json"), 4, w.data) + " --out " + out.file("one"));
+  ASSERT_EQ(one.rc, 0) << one.err;
+  auto two = run_cli("train --nproc 2 --recipe " + write_lora_recipe(w, out.file("two.json"), 2, w.data) + " --out " + out.file("two"));
+  ASSERT_EQ(two.rc, 0) << two.err;
+  EXPECT_NE(two.err.find("2 data-parallel workers"), std::string::npos) << two.err;
+  auto j = nlohmann::json::parse(two.out);  // one JSON document: rank 1 printed nothing
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["steps"].get<int64_t>(), 3);
+  auto a = vadapt::io::SafeTensorsFile::open(out.file("one/s/adapter_model.safetensors"));
+  auto b = vadapt::io::SafeTensorsFile::open(out.file("two/s/adapter_model.safetensors"));
+  ASSERT_EQ(a->tensors().size(), b->tensors().size());
+  int changed = 0;
+  for (const auto& info : a->tensors()) {
+    const auto& name = info.name;
+    EXPECT_TRUE(vadapt::test::tensors_close(b->tensor(name), a->tensor(name), 1e-5, 1e-4)) << name;
+    changed += name.find("lora_B") != std::string::npos && a->tensor(name).abs().max().item<double>() > 0;
+  }
+  EXPECT_GT(changed, 0);  // it trained
+  EXPECT_NEAR(j[0]["last_loss"].get<double>(), nlohmann::json::parse(one.out)[0]["last_loss"].get<double>(), 1e-4);
+  // A failing worker stops the run with its error and a non-zero status, without a hang.
+  auto bad = run_cli("train --nproc 2 --recipe " + write_lora_recipe(w, out.file("bad.json"), 2, out.file("missing.json")) + " --out " +
+                     out.file("bad"));
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("missing.json"), std::string::npos) << bad.err;
 }

@@ -1,8 +1,11 @@
 // Numerics against external reference implementations (../shared/golden, see its README):
 // llama2.c for stories260K, torchvision for ViT-Tiny, openai/CLIP for the tiny CLIP, and
 // Pillow for every preprocessing pipeline. Skips with a message when ../shared is absent.
+// tests/golden/peft (in this repository; made by tests/python/peft_crosscheck.py with
+// transformers + PEFT from random weights): a PEFT LoRA folder and the PEFT model's logits.
 #include <gtest/gtest.h>
 
+#include "adapters/peft.h"
 #include "data/dataset.h"
 #include "fixtures.h"
 #include "generate/generator.h"
@@ -168,4 +171,16 @@ TEST(GoldenScienceQA, ProblemsJsonGivesLlavasCqmAPrompts) {
     EXPECT_FALSE(s.tags.at("subject").empty());
   }
   EXPECT_EQ(compared, 50);
+}
+
+TEST(GoldenPeft, LoraMadeByPeftGivesPeftsLogits) {
+  const std::string dir = std::string(VADAPT_SOURCE_DIR) + "/tests/golden/peft";
+  auto expected = io::SafeTensorsFile::open(dir + "/expected.safetensors");
+  auto lm = model::load_llama(dir + "/llm", torch::kFloat32, torch::kCPU);
+  adapters::AdapterSet set;
+  EXPECT_EQ(adapters::load_peft_lora(*lm, *set, dir + "/peft"), 6);  // q, v, down in 2 layers
+  torch::NoGradGuard ng;
+  model::ForwardContext ctx;
+  auto logits = lm->forward(expected->tensor("ids").to(torch::kInt64), ctx);
+  EXPECT_TRUE(tensors_close(logits, expected->tensor("logits"), 1e-4, 1e-4));
 }

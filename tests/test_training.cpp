@@ -5,12 +5,14 @@
 
 #include <filesystem>
 
+#include "adapters/peft.h"
 #include "common/error.h"
 #include "data/dataset.h"
 #include "eval/eval_runner.h"
 #include "fixtures.h"
 #include "io/atomic_file.h"
 #include "io/safetensors.h"
+#include "model/load.h"
 #include "train/lr_schedule.h"
 #include "train/recipe.h"
 #include "train/trainer.h"
@@ -23,44 +25,7 @@ using vadapt::test::tensors_close;
 
 namespace {
 
-// A tiny LLaVA world: LLM + CLIP fixtures, 8 solid-colour images, a LLaVA JSON dataset.
-struct World {
-  TempDir dir;
-  std::string llm, clip, data;
-  World() {
-    llm = dir.file("llm");
-    clip = dir.file("clip");
-    vadapt::test::write_tiny_llama(llm, vadapt::test::tiny_llama_config());
-    vadapt::test::write_tiny_clip(clip);
-    nlohmann::json recs = nlohmann::json::array();
-    const char* names[] = {"red", "green", "blue", "white"};
-    const uint8_t rgb[4][3] = {{220, 20, 20}, {20, 200, 20}, {20, 20, 220}, {240, 240, 240}};
-    for (int i = 0; i < 8; ++i) {
-      vision::Image img;
-      img.width = img.height = 40;
-      img.rgb.resize(40 * 40 * 3);
-      for (size_t p = 0; p < img.rgb.size(); ++p) img.rgb[p] = rgb[i % 4][p % 3];
-      std::string f = "img" + std::to_string(i) + ".png";
-      vision::write_png(dir.file(f), img);
-      recs.push_back({{"id", i}, {"image", f},
-                      {"conversations", {{{"from", "human"}, {"value", "<image>\nWhat colour?"}},
-                                         {{"from", "gpt"}, {"value", std::string("the ") + names[i % 4]}}}}});
-    }
-    data = dir.file("train.json");
-    io::write_text_atomic(data, recs.dump());
-  }
-  vlm::VlmSpec spec(const std::string& tune) const {
-    vlm::VlmSpec s;
-    s.llm = llm;
-    s.vision = clip;
-    s.connector = "mlp2x_gelu";
-    s.preprocess = "clip32";
-    s.template_name = "vicuna_v1";
-    s.tune = tune;
-    s.lora.lora = {4, 8, 0.0};
-    return s;
-  }
-};
+using World = vadapt::test::TinyVlmWorld;
 
 torch::Tensor logits_of(vlm::VisionLanguageModel& m, const vlm::Batch& b) {
   torch::NoGradGuard ng;
@@ -389,4 +354,183 @@ TEST(Eval, RunnerWritesPredictionsAndScoresEveryTask) {
   EXPECT_EQ(long_prompts.summary["metrics"]["all"]["accuracy"].get<double>(), 0.0);
   o.task = "nope";
   EXPECT_THROW(eval::run_eval(m, o), VadaptError);
+}
+
+namespace {
+// A LoRA folder as PEFT writes it (every field PEFT's LoraConfig saves; bf16 weights), on the
+// tiny Llama's q_proj / v_proj, optionally only in some layers.
+void write_peft_folder(const std::string& dir, const nlohmann::json& overrides, const std::vector<int>& layers, bool rslora,
+                       std::map<std::string, torch::Tensor>* weights) {
+  nlohmann::json cfg = {{"alpha_pattern", nlohmann::json::object()}, {"auto_mapping", nullptr}, {"base_model_name_or_path", "tiny"},
+                        {"bias", "none"}, {"fan_in_fan_out", false}, {"inference_mode", true}, {"init_lora_weights", true},
+                        {"layer_replication", nullptr}, {"layers_pattern", nullptr}, {"layers_to_transform", nullptr},
+                        {"loftq_config", nlohmann::json::object()}, {"lora_alpha", 16}, {"lora_dropout", 0.05},
+                        {"megatron_config", nullptr}, {"megatron_core", "megatron.core"}, {"modules_to_save", nullptr},
+                        {"peft_type", "LORA"}, {"r", 4}, {"rank_pattern", nlohmann::json::object()}, {"revision", nullptr},
+                        {"target_modules", {"v_proj", "q_proj"}}, {"task_type", "CAUSAL_LM"}, {"use_dora", false},
+                        {"use_rslora", rslora}};
+  for (auto& [k, v] : overrides.items()) cfg[k] = v;
+  std::filesystem::create_directories(dir);
+  io::write_text_atomic(dir + "/adapter_config.json", cfg.dump(2));
+  torch::manual_seed(11);
+  std::vector<std::pair<std::string, torch::Tensor>> t;
+  const int64_t q_out = 4 * 8, v_out = 2 * 8;  // tiny config: 4 heads, 2 KV heads, head_dim 8, hidden 32
+  for (int l : layers)
+    for (auto [proj, out] : {std::pair<const char*, int64_t>{"q_proj", q_out}, {"v_proj", v_out}}) {
+      std::string base = "base_model.model.model.layers." + std::to_string(l) + ".self_attn." + proj;
+      auto a = (torch::randn({4, 32}) * 0.3).to(torch::kBFloat16), b = (torch::randn({out, 4}) * 0.3).to(torch::kBFloat16);
+      t.emplace_back(base + ".lora_A.weight", a);
+      t.emplace_back(base + ".lora_B.weight", b);
+      if (weights) (*weights)[base + ".lora_A.weight"] = a, (*weights)[base + ".lora_B.weight"] = b;
+    }
+  io::write_safetensors(dir + "/adapter_model.safetensors", t, {{"format", "pt"}});
+}
+
+torch::Tensor peft_logits(const std::string& llm, const std::string& lora, const torch::Tensor& ids) {
+  auto lm = model::load_llama(llm, torch::kFloat32, torch::kCPU);
+  adapters::AdapterSet set;
+  if (!lora.empty()) adapters::load_peft_lora(*lm, *set, lora);
+  torch::NoGradGuard ng;
+  model::ForwardContext ctx;
+  return lm->forward(ids, ctx);
+}
+}  // namespace
+
+// PEFT-made LoRA folders load onto the model and give the logits of the base model with
+// W + s * B A folded in by hand (s = alpha / r, or alpha / sqrt(r) with rsLoRA); PEFT's list
+// and regex target forms and layers_to_transform select the same modules; options that change
+// the math and are not implemented are refused with the field named.
+TEST(Peft, LoraFoldersLoadAndEqualTheHandMergedModel) {
+  TempDir dir;
+  const std::string llm = dir.file("llm");
+  vadapt::test::write_tiny_llama(llm, vadapt::test::tiny_llama_config());
+  auto ids = torch::randint(0, 300, {2, 9}, torch::kInt64);
+  const auto base = peft_logits(llm, "", ids);
+  struct Case {
+    nlohmann::json overrides;
+    std::vector<int> layers;
+    bool rslora;
+  };
+  std::vector<Case> cases = {{nlohmann::json::object(), {0, 1}, false},
+                             {{{"target_modules", ".*\\.(q_proj|v_proj)"}}, {0, 1}, false},
+                             {{{"layers_to_transform", {1}}}, {1}, true}};
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const std::string lora = dir.file("lora" + std::to_string(c));
+    std::map<std::string, torch::Tensor> w;
+    write_peft_folder(lora, cases[c].overrides, cases[c].layers, cases[c].rslora, &w);
+    // The expected model: every adapted weight W + s * B A, written as a plain HF folder.
+    const double s = 16.0 / (cases[c].rslora ? 2.0 : 4.0);
+    auto merged = model::load_llama(llm, torch::kFloat32, torch::kCPU);
+    {
+      torch::NoGradGuard ng;
+      for (auto& p : merged->named_parameters()) {
+        const std::string key = "base_model.model." + p.key().substr(0, p.key().size() - 7);  // strip ".weight"
+        if (w.count(key + ".lora_A.weight"))
+          p.value().add_(torch::matmul(w[key + ".lora_B.weight"].to(torch::kFloat32), w[key + ".lora_A.weight"].to(torch::kFloat32)) * s);
+      }
+    }
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    for (const auto& p : merged->named_parameters()) tensors.emplace_back(p.key(), p.value());
+    const std::string mdir = dir.file("merged" + std::to_string(c));
+    std::filesystem::create_directories(mdir);
+    std::filesystem::copy_file(llm + "/config.json", mdir + "/config.json");
+    io::write_safetensors(mdir + "/model.safetensors", tensors);
+    auto got = peft_logits(llm, lora, ids);
+    EXPECT_TRUE(tensors_close(got, peft_logits(mdir, "", ids), 1e-5, 1e-5)) << "case " << c;
+    EXPECT_FALSE(torch::allclose(got, base, 1e-3, 1e-3)) << "case " << c;  // the adapter does something
+  }
+  auto expect_error = [&](const nlohmann::json& ov, const std::string& needle, std::vector<int> layers = {0, 1}) {
+    const std::string lora = dir.file("bad");
+    io::remove_tree(lora);
+    write_peft_folder(lora, ov, layers, false, nullptr);
+    try {
+      peft_logits(llm, lora, ids);
+      ADD_FAILURE() << "no error for " << ov.dump();
+    } catch (const VadaptError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error({{"use_dora", true}}, "use_dora");
+  expect_error({{"peft_type", "IA3"}}, "peft_type");
+  expect_error({{"bias", "all"}}, "bias");
+  expect_error({{"modules_to_save", {"lm_head"}}}, "modules_to_save");
+  expect_error({{"target_modules", {"q_proj", "v_proj", "k_proj"}}}, "k_proj.lora_A.weight");  // expected, not in the file
+  expect_error({{"layers_to_transform", {0}}}, "layers.1");                                    // in the file, not expected
+}
+
+// mm_pool: the patch grid is average-pooled to pool x pool tokens before the projector, the
+// prompt holds that many image positions, and the setting travels in adapter_config.json.
+TEST(Connector, PoolAveragesPatchBlocksBeforeTheProjector) {
+  World w;
+  auto spec = w.spec("projector");
+  spec.pool = 2;
+  vlm::VisionLanguageModel m(spec);
+  EXPECT_EQ(m.image_tokens(), 4);
+  torch::NoGradGuard ng;
+  auto feats = m.image_features({w.dir.file("img0.png")});  // (1, N, C)
+  const int64_t n = feats.size(1), side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(n)))), half = side / 2;
+  ASSERT_EQ(side * side, n);
+  auto grid = feats.view({side, side, feats.size(2)});
+  std::vector<torch::Tensor> blocks;
+  for (int64_t by = 0; by < 2; ++by)
+    for (int64_t bx = 0; bx < 2; ++bx) blocks.push_back(grid.narrow(0, by * half, half).narrow(1, bx * half, half).mean(std::vector<int64_t>{0, 1}));
+  vlm::VlmSpec unpooled = spec;
+  unpooled.pool = 0;
+  vlm::VisionLanguageModel plain(unpooled);  // same seed: the same projector
+  auto expected = plain.project(torch::stack(blocks).unsqueeze(0));
+  EXPECT_TRUE(tensors_close(m.project(feats), expected, 1e-6, 1e-6));
+  auto samples = data::load_dataset(w.data, {});
+  auto b = first_batch(m, samples);
+  EXPECT_EQ(b.ids.eq(text::kImageToken).sum().item<int64_t>(), 4);
+  TempDir out;
+  m.save_adapter(out.path());
+  EXPECT_EQ(vlm::load_vlm_checkpoint(out.path())->image_tokens(), 4);
+  spec.pool = 100;
+  EXPECT_THROW(vlm::VisionLanguageModel bad(spec), VadaptError);
+}
+
+// CPU autocast (bf16 compute, fp32 master weights) trains close to fp32; fp16 is refused on the
+// CPU with the reason; --plot writes a PNG of the curve beside metrics.csv.
+TEST(Trainer, Bf16AutocastOnCpuKeepsFp32WeightsAndPlotIsWritten) {
+  World w;
+  auto samples = data::load_dataset(w.data, {});
+  auto run = [&](const std::string& precision, bool plot, double* before, double* after) {
+    vlm::VisionLanguageModel m(w.spec("lora"));
+    TempDir out;
+    train::TrainConfig cfg;
+    cfg.max_steps = 8;
+    cfg.batch_size = 4;
+    cfg.lr = 5e-3;
+    cfg.warmup_ratio = 0;
+    cfg.log_every = 2;
+    cfg.precision = precision;
+    cfg.plot = plot;
+    cfg.out_dir = out.path();
+    train::Trainer t(m, samples, samples, cfg);
+    auto r = t.fit();
+    *before = r.val_loss_before;
+    *after = r.val_loss_after;
+    for (const auto& [name, v] : m.trainable_state()) EXPECT_EQ(v.scalar_type(), torch::kFloat32) << name;
+    if (plot) {
+      auto png = io::read_text_file(out.file("loss.png"));
+      ASSERT_GT(png.size(), 8u);
+      EXPECT_EQ(png.substr(1, 3), "PNG");
+      auto img = vision::decode_image_file(out.file("loss.png"));
+      EXPECT_EQ(img.width, 800);
+    }
+  };
+  double b32 = 0, a32 = 0, b16 = 0, a16 = 0;
+  run("fp32", true, &b32, &a32);
+  run("bf16", false, &b16, &a16);
+  EXPECT_LT(a32, b32);
+  EXPECT_NEAR(b16, b32, 0.03 * b32);
+  EXPECT_LT(a16, b16);
+  EXPECT_NEAR(a16, a32, 0.1 * a32);
+  try {
+    double x, y;
+    run("fp16", false, &x, &y);
+    ADD_FAILURE() << "fp16 on the CPU should be refused";
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+  }
 }

@@ -17,6 +17,10 @@ struct LoraTargetOptions {
   LoraOptions lora;
   // Module-name suffixes to adapt (LLaVA: every linear of the LLM except lm_head).
   std::vector<std::string> target_modules{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  // PEFT's other forms: a regular expression the whole module name must match (instead of the
+  // list), and the decoder layer indices to adapt (empty: all).
+  std::string target_regex;
+  std::vector<int64_t> layers;
 };
 
 class AdapterSetImpl : public torch::nn::Module {

@@ -8,7 +8,7 @@
 namespace vadapt::adapters {
 
 LoraImpl::LoraImpl(int64_t in, int64_t out, const LoraOptions& o, const torch::TensorOptions& opts)
-    : scaling_(o.alpha / static_cast<double>(o.r)), dropout_(o.dropout) {
+    : scaling_(o.alpha / (o.rslora ? std::sqrt(static_cast<double>(o.r)) : static_cast<double>(o.r))), dropout_(o.dropout) {
   auto fopts = opts.dtype(torch::kFloat32);  // trainable parameters stay fp32
   auto a = torch::empty({o.r, in}, fopts);
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));  // kaiming_uniform(a=sqrt(5))

@@ -1,5 +1,5 @@
 // LoRA (Hu et al. 2021, arXiv 2106.09685) on the projection-output seam:
-//   y = base(x) + (alpha / r) * B(A(dropout(x)))
+//   y = base(x) + (alpha / r) * B(A(dropout(x)))      (alpha / sqrt(r) with rsLoRA)
 // A: (r, in) Kaiming-uniform (a = sqrt(5), as PEFT / nn.Linear), B: (out, r) zeros, so the
 // adapted model equals the base model at step 0. Parameters lora_A.weight / lora_B.weight
 // match PEFT's names.
@@ -16,6 +16,7 @@ struct LoraOptions {
   int64_t r = 8;
   double alpha = 16;
   double dropout = 0.0;
+  bool rslora = false;  // rank-stabilised scaling alpha / sqrt(r) (PEFT's use_rslora)
 };
 
 class LoraImpl : public torch::nn::Module, public model::ProjectionAdapter {

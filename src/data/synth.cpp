@@ -2,8 +2,6 @@
 // (every shape pixel has exactly its named colour), words with stb_truetype's coverage.
 #include "data/synth.h"
 
-#include <stb_truetype.h>
-
 #include <array>
 #include <cmath>
 #include <filesystem>
@@ -12,6 +10,7 @@
 #include "common/error.h"
 #include "common/log.h"
 #include "io/atomic_file.h"
+#include "vision/font.h"
 
 namespace vadapt::data {
 namespace fs = std::filesystem;
@@ -62,64 +61,6 @@ bool covers(const SynthObject& o, double x, double y) {
   }
   if (o.shape == "star") return inside_polygon(star_polygon(o.cx, o.cy, r), x, y);
   throw VadaptError(cat("synth: unknown shape '", o.shape, "'"));
-}
-
-class Font {
- public:
-  explicit Font(const std::string& path) : path_(path) {
-    auto text = io::read_text_file(path);
-    data_.assign(text.begin(), text.end());
-    int offset = stbtt_GetFontOffsetForIndex(data_.data(), 0);
-    if (offset < 0 || !stbtt_InitFont(&info_, data_.data(), offset))
-      raise(path, "", "not a TrueType font stb_truetype can read (install fonts-dejavu-core or pass --font)");
-  }
-  // Draws black text with its left edge at x and its top (ascent) at y, `height` pixels tall.
-  void draw(vision::Image& img, const std::string& text, int x, int y, int height) const {
-    float scale = stbtt_ScaleForPixelHeight(&info_, static_cast<float>(height));
-    int ascent = 0, descent = 0, gap = 0;
-    stbtt_GetFontVMetrics(&info_, &ascent, &descent, &gap);
-    int baseline = y + static_cast<int>(std::lround(ascent * scale));
-    double pen = x;
-    for (size_t i = 0; i < text.size(); ++i) {
-      int cp = static_cast<unsigned char>(text[i]);
-      int adv = 0, lsb = 0, x0 = 0, y0 = 0, x1 = 0, y1 = 0;
-      stbtt_GetCodepointHMetrics(&info_, cp, &adv, &lsb);
-      stbtt_GetCodepointBitmapBox(&info_, cp, scale, scale, &x0, &y0, &x1, &y1);
-      int w = x1 - x0, h = y1 - y0;
-      if (w > 0 && h > 0) {
-        std::vector<uint8_t> glyph(static_cast<size_t>(w) * h);
-        stbtt_MakeCodepointBitmap(&info_, glyph.data(), w, h, w, scale, scale, cp);
-        int gx = static_cast<int>(std::lround(pen)) + x0, gy = baseline + y0;
-        for (int yy = 0; yy < h; ++yy)
-          for (int xx = 0; xx < w; ++xx) {
-            int px = gx + xx, py = gy + yy;
-            if (px < 0 || py < 0 || px >= img.width || py >= img.height) continue;
-            uint8_t cov = glyph[static_cast<size_t>(yy) * w + xx];
-            for (int c = 0; c < 3; ++c) {
-              auto& v = img.rgb[(static_cast<size_t>(py) * img.width + px) * 3 + c];
-              v = static_cast<uint8_t>(std::min<int>(v, 255 - cov));
-            }
-          }
-      }
-      pen += adv * scale;
-      if (i + 1 < text.size()) pen += scale * stbtt_GetCodepointKernAdvance(&info_, cp, static_cast<unsigned char>(text[i + 1]));
-    }
-  }
-
- private:
-  std::string path_;
-  std::vector<unsigned char> data_;
-  stbtt_fontinfo info_{};
-};
-
-const Font& font_at(const std::string& path) {
-  static std::string loaded;
-  static std::unique_ptr<Font> font;
-  if (!font || loaded != path) {
-    font = std::make_unique<Font>(path);
-    loaded = path;
-  }
-  return *font;
 }
 
 constexpr int kWordHeight = 48;
@@ -219,7 +160,7 @@ vision::Image render_scene(const SynthScene& scene, int size, const std::string&
         if (covers(o, x, y))
           for (int c = 0; c < 3; ++c) img.rgb[(static_cast<size_t>(y) * size + x) * 3 + c] = rgb[static_cast<size_t>(c)];
   }
-  if (!scene.word.empty()) font_at(font_path).draw(img, scene.word, scene.word_x, scene.word_y, scene.word_height);
+  if (!scene.word.empty()) vision::font_at(font_path).draw(img, scene.word, scene.word_x, scene.word_y, scene.word_height);
   return img;
 }
 
@@ -253,7 +194,7 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
   if (o.image_size < 64) throw VadaptError(cat("synth: --image-size must be at least 64, got ", o.image_size));
   if (o.val_fraction < 0 || o.test_fraction < 0 || o.val_fraction + o.test_fraction >= 1)
     throw VadaptError("synth: val and test fractions must be >= 0 and sum to less than 1");
-  if (o.word_fraction > 0) font_at(o.font);  // fail before writing anything
+  if (o.word_fraction > 0) vision::font_at(o.font);  // fail before writing anything
   fs::create_directories(fs::path(o.out) / "images");
   SynthRng rng(o.seed);
   using ojson = nlohmann::ordered_json;

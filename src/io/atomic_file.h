@@ -11,6 +11,10 @@ namespace vadapt::io {
 void write_file_atomic(const std::string& path, const std::function<void(int fd)>& write);
 void write_text_atomic(const std::string& path, const std::string& text);
 void write_all(int fd, const void* data, size_t n, const std::string& path);
+// Removes a file or folder tree (no error when absent); returns false if something could not be
+// removed. POSIX nftw, not std::filesystem::remove_all: pip's CUDA libtorch exports its own
+// std::filesystem::remove_all, which crashes when called from code built with another libstdc++.
+bool remove_tree(const std::string& path);
 std::string read_text_file(const std::string& path);
 
 }  // namespace vadapt::io

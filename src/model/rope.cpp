@@ -35,6 +35,10 @@ Rope::Rope(const io::LlamaConfig& cfg, torch::Device device) {
 }
 
 std::pair<torch::Tensor, torch::Tensor> Rope::tables(const torch::Tensor& position_ids, torch::ScalarType dtype) const {
+  if (cos_.device() != position_ids.device()) {
+    cos_ = cos_.to(position_ids.device());
+    sin_ = sin_.to(position_ids.device());
+  }
   auto cos = cos_.index_select(0, position_ids.reshape(-1)).view({position_ids.size(0), 1, position_ids.size(1), -1});
   auto sin = sin_.index_select(0, position_ids.reshape(-1)).view({position_ids.size(0), 1, position_ids.size(1), -1});
   return {cos.to(dtype), sin.to(dtype)};  // (B, 1, T, D)

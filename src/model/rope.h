@@ -20,8 +20,10 @@ class Rope {
   static torch::Tensor inv_freq(const io::LlamaConfig& cfg);  // (D/2,) float32
 
  private:
-  torch::Tensor cos_;  // (P, D) float32
-  torch::Tensor sin_;  // (P, D) float32
+  // (P, D) float32; they follow the position ids to their device (the model may be moved with
+  // Module::to after construction, which knows nothing of these tables).
+  mutable torch::Tensor cos_;
+  mutable torch::Tensor sin_;
 };
 
 }  // namespace vadapt::model

@@ -1,6 +1,8 @@
 // Recipe loading (yaml-cpp), overrides and validation with file/key errors.
 #include "train/recipe.h"
 
+#include "train/precision.h"
+
 #include <yaml-cpp/yaml.h>
 
 #include <cstdlib>
@@ -157,11 +159,12 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     s.method = method;
     const nlohmann::json* model = pick(sj, top, "model");
     if (!model) raise(path, "model", "missing section with llm and vision folders");
-    check_keys(*model, {"llm", "vision", "connector", "feature_layer", "preprocess", "template", "dtype", "seed"}, path + " model");
+    check_keys(*model, {"llm", "vision", "connector", "feature_layer", "pool", "preprocess", "template", "dtype", "seed"}, path + " model");
     s.llm = expand_vars(io::json_get<std::string>(*model, "llm", path + " model"));
     s.vision = expand_vars(io::json_get<std::string>(*model, "vision", path + " model"));
     get_into(model, "connector", s.connector, path + " model");
     get_into(model, "feature_layer", s.feature_layer, path + " model");
+    get_into(model, "pool", s.pool, path + " model");
     get_into(model, "preprocess", s.preprocess, path + " model");
     get_into(model, "template", s.template_name, path + " model");
     get_into(model, "dtype", s.dtype, path + " model");
@@ -194,7 +197,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       std::string w = where + " train";
       check_keys(*tj, {"epochs", "max_steps", "batch_size", "grad_accum", "lr", "blr", "lr_projector", "weight_decay", "beta1",
                        "beta2", "eps", "max_grad_norm", "warmup_ratio", "schedule", "max_seq_len", "seed", "log_every",
-                       "save_every", "keep_last", "eval_every", "eval_batches"}, w);
+                       "save_every", "keep_last", "eval_every", "eval_batches", "precision", "plot"}, w);
       get_into(tj, "epochs", t.epochs, w);
       get_into(tj, "max_steps", t.max_steps, w);
       get_into(tj, "batch_size", t.batch_size, w);
@@ -216,7 +219,10 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       get_into(tj, "keep_last", t.keep_last, w);
       get_into(tj, "eval_every", t.eval_every, w);
       get_into(tj, "eval_batches", t.eval_batches, w);
+      get_into(tj, "precision", t.precision, w);
+      get_into(tj, "plot", t.plot, w);
     }
+    parse_precision(t.precision, where + " train.precision");
     if (t.epochs <= 0 && t.max_steps <= 0) raise(where, "train.epochs", "needs epochs > 0 or max_steps > 0");
     if (t.lr <= 0 && t.blr <= 0) raise(where, "train.lr", "must be positive");
     st.init_from = io::json_get_or<std::string>(sj, "init_from", "", where);

@@ -9,15 +9,15 @@
 
 namespace vadapt::train {
 
-std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir, const std::string& only_stage,
-                                    const std::string& resume) {
+std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir, const RunOptions& o) {
+  const std::string& only_stage = o.only_stage;
   std::vector<StageResult> out;
   bool matched = only_stage.empty();
   for (const auto& st : r.stages) {
     if (!only_stage.empty() && st.name != only_stage) continue;
     matched = true;
     log_info(cat("== stage ", st.name, " =="));
-    vlm::VisionLanguageModel m(st.spec);
+    vlm::VisionLanguageModel m(st.spec, o.device);
     if (!st.init_from.empty()) m.init_projector_from(out_dir + "/" + st.init_from);
     if (st.feature_cache != "none")
       m.enable_feature_cache(st.feature_cache == "memory" ? "" : st.feature_cache == "default" ? default_feature_cache_dir() : st.feature_cache);
@@ -39,7 +39,10 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
     }
     TrainConfig cfg = st.train;
     cfg.out_dir = out_dir + "/" + st.name;
-    cfg.resume = resume;
+    cfg.resume = o.resume;
+    if (!o.precision.empty()) cfg.precision = o.precision;
+    cfg.plot = cfg.plot || o.plot;
+    cfg.comm = o.comm;
     Trainer t(m, std::move(train_set), std::move(val_set), cfg);
     StageResult sr{st.name, cfg.out_dir, t.fit()};
     out.push_back(sr);

@@ -15,7 +15,15 @@ struct StageResult {
   TrainResult result;
 };
 
-std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir, const std::string& only_stage = "",
-                                    const std::string& resume = "");
+struct RunOptions {
+  std::string only_stage;  // empty: every stage
+  std::string resume;      // checkpoint folder or "latest"
+  torch::Device device = torch::kCPU;
+  std::string precision;   // overrides every stage's train.precision when set
+  bool plot = false;       // loss.png for every stage
+  std::shared_ptr<Communicator> comm;  // data-parallel process group, or nullptr
+};
+
+std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir, const RunOptions& o = {});
 
 }  // namespace vadapt::train

@@ -8,6 +8,8 @@
 #include <numeric>
 #include <random>
 
+#include <unistd.h>
+
 #include "common/error.h"
 #include "common/log.h"
 #include "io/atomic_file.h"
@@ -15,6 +17,8 @@
 #include "io/safetensors.h"
 #include "model/load.h"
 #include "train/lr_schedule.h"
+#include "train/plot.h"
+#include "train/precision.h"
 
 namespace vadapt::train {
 namespace fs = std::filesystem;
@@ -81,68 +85,127 @@ std::vector<size_t> Trainer::epoch_order(int64_t epoch) const {
   return order;
 }
 
+double Trainer::allreduce(double v) const {
+  if (!cfg_.comm) return v;
+  auto t = torch::tensor({v}, torch::kFloat64);
+  cfg_.comm->allreduce_sum({t});
+  return t.item<double>();
+}
+
 double Trainer::evaluate(const std::vector<data::Sample>& data, int64_t max_batches) {
   torch::NoGradGuard ng;
   m_.train_mode(false);
-  double sum = 0;
-  int64_t count = 0;
+  AutocastGuard ac(m_.device(), parse_precision(cfg_.precision, "precision"));
+  double sum = 0, count = 0;
   const size_t bs = static_cast<size_t>(cfg_.batch_size);
   int64_t batches = 0;
   for (size_t i = 0; i < data.size() && (max_batches < 0 || batches < max_batches); i += bs, ++batches) {
+    if (batches % world() != rank()) continue;  // batches are dealt round-robin over the ranks
     std::vector<size_t> idx;
     for (size_t j = i; j < std::min(data.size(), i + bs); ++j) idx.push_back(j);
     auto r = m_.loss(make_batch(data, idx));
     sum += r.loss_sum;
-    count += r.target_tokens;
+    count += static_cast<double>(r.target_tokens);
   }
-  return count ? sum / static_cast<double>(count) : 0.0;
+  sum = allreduce(sum);
+  count = allreduce(count);
+  return count > 0 ? sum / count : 0.0;
 }
+
+namespace {
+
+// The dropout RNG streams: the CPU generator, and the CUDA one when training there.
+std::vector<std::pair<std::string, torch::Tensor>> rng_state(torch::Device device) {
+  std::vector<std::pair<std::string, torch::Tensor>> s{{"torch_cpu", at::detail::getDefaultCPUGenerator().get_state()}};
+  if (device.is_cuda()) s.emplace_back("torch_cuda", at::globalContext().defaultGenerator(device).get_state());
+  return s;
+}
+
+std::string rng_file(int rank, int world) {
+  return world == 1 ? "/rng_state.safetensors" : "/rng_state_rank" + std::to_string(rank) + ".safetensors";
+}
+
+std::string format_duration(double s) {
+  char b[32];
+  if (!std::isfinite(s) || s < 0) return "?";
+  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", static_cast<int>(s / 3600), static_cast<int>(std::fmod(s, 3600) / 60));
+  else if (s >= 60) std::snprintf(b, sizeof b, "%dm%02ds", static_cast<int>(s / 60), static_cast<int>(std::fmod(s, 60)));
+  else std::snprintf(b, sizeof b, "%.0fs", s);
+  return b;
+}
+
+// Target tokens of a batch as the loss counts them (labels shifted by one).
+int64_t target_tokens(const vlm::Batch& b) {
+  return b.labels.narrow(1, 1, b.labels.size(1) - 1).ne(text::kIgnore).sum().item<int64_t>();
+}
+
+}  // namespace
 
 void Trainer::save_checkpoint(int64_t step, torch::optim::Optimizer& opt) const {
   const std::string final_dir = cfg_.out_dir + "/checkpoint-" + std::to_string(step);
   const std::string tmp = cfg_.out_dir + "/.tmp-checkpoint-" + std::to_string(step);
-  fs::remove_all(tmp);
-  fs::create_directories(tmp);
+  const bool lead = rank() == 0;
+  if (lead) {
+    io::remove_tree(tmp);
+    fs::create_directories(tmp);
+  }
+  if (cfg_.comm) cfg_.comm->barrier();  // the folder exists before every rank writes its RNG state
+  io::write_safetensors(tmp + rng_file(rank(), world()), rng_state(m_.device()));
+  if (cfg_.comm) cfg_.comm->barrier();
+  if (!lead) return;
   m_.save_adapter(tmp);
   torch::save(opt, tmp + "/optimizer.pt");
-  auto gen = at::detail::getDefaultCPUGenerator();
-  auto rng = gen.get_state();
-  io::write_safetensors(tmp + "/rng_state.safetensors", {{"torch_cpu", rng}});
   nlohmann::json st = {{"step", step}, {"seed", cfg_.seed}, {"batch_size", cfg_.batch_size}, {"grad_accum", cfg_.grad_accum},
-                       {"train_samples", train_.size()}};
+                       {"world_size", world()}, {"train_samples", train_.size()}};
   io::write_text_atomic(tmp + "/trainer_state.json", st.dump(2));  // written last: marks the folder complete
-  fs::remove_all(final_dir);
+  io::remove_tree(final_dir);
   fs::rename(tmp, final_dir);
   auto all = list_checkpoints(cfg_.out_dir);
   for (size_t i = 0; cfg_.keep_last > 0 && all.size() > static_cast<size_t>(cfg_.keep_last) && i < all.size() - cfg_.keep_last; ++i)
-    fs::remove_all(all[i]);
+    io::remove_tree(all[i]);
   log_info(cat("saved ", final_dir));
 }
 
 int64_t Trainer::load_checkpoint(const std::string& dir, torch::optim::Optimizer& opt) {
-  auto st = io::read_json(dir + "/trainer_state.json");
-  int64_t step = io::json_get<int64_t>(st, "step", dir + "/trainer_state.json");
-  if (io::json_get<int64_t>(st, "batch_size", dir) != cfg_.batch_size || io::json_get<int64_t>(st, "grad_accum", dir) != cfg_.grad_accum ||
-      io::json_get<uint64_t>(st, "seed", dir) != cfg_.seed)
-    raise(dir + "/trainer_state.json", "batch_size", "resume needs the same batch_size, grad_accum and seed as the run that wrote it");
+  const std::string state_file = dir + "/trainer_state.json";
+  auto st = io::read_json(state_file);
+  int64_t step = io::json_get<int64_t>(st, "step", state_file);
+  if (io::json_get<int64_t>(st, "batch_size", state_file) != cfg_.batch_size || io::json_get<int64_t>(st, "grad_accum", state_file) != cfg_.grad_accum ||
+      io::json_get<uint64_t>(st, "seed", state_file) != cfg_.seed)
+    raise(state_file, "batch_size", "resume needs the same batch_size, grad_accum and seed as the run that wrote it");
+  const int64_t saved_world = io::json_get_or<int64_t>(st, "world_size", 1, state_file);
+  if (saved_world != world())
+    raise(state_file, "world_size", "the checkpoint was written by ", saved_world, " workers; resume it with the same number (now ", world(), ")");
   m_.load_adapter_weights(dir);
   torch::load(opt, dir + "/optimizer.pt");
-  auto rng = io::SafeTensorsFile::open(dir + "/rng_state.safetensors")->tensor("torch_cpu").clone();
-  auto gen = at::detail::getDefaultCPUGenerator();
-  gen.set_state(rng);
+  auto rng = io::SafeTensorsFile::open(dir + rng_file(rank(), world()));
+  auto cpu_gen = at::detail::getDefaultCPUGenerator();  // a handle on the global generator
+  cpu_gen.set_state(rng->tensor("torch_cpu").clone());
+  if (m_.device().is_cuda() && rng->contains("torch_cuda")) {
+    auto cuda_gen = at::globalContext().defaultGenerator(m_.device());
+    cuda_gen.set_state(rng->tensor("torch_cuda").clone());
+  }
   log_info(cat("resumed from ", dir, " at step ", step));
   return step;
 }
 
 TrainResult Trainer::fit() {
   Stopwatch total_sw;
-  fs::create_directories(cfg_.out_dir);
-  const int64_t global_batch = cfg_.batch_size * cfg_.grad_accum;
-  const int64_t micro_per_epoch = (static_cast<int64_t>(train_.size()) + cfg_.batch_size - 1) / cfg_.batch_size;
+  const bool lead = rank() == 0;
+  if (lead) fs::create_directories(cfg_.out_dir);
+  const Precision precision = parse_precision(cfg_.precision, "precision");
+  LossScaler scaler(precision == Precision::kFp16);
+  const int64_t N = static_cast<int64_t>(train_.size());
+  const int64_t micro_global = cfg_.batch_size * world();  // one micro-batch over all ranks
+  const int64_t global_batch = micro_global * cfg_.grad_accum;
+  const int64_t micro_per_epoch = (N + micro_global - 1) / micro_global;
   const int64_t steps_per_epoch = std::max<int64_t>(1, micro_per_epoch / cfg_.grad_accum);
   const int64_t total_steps = cfg_.max_steps > 0 ? cfg_.max_steps : steps_per_epoch * cfg_.epochs;
   const int64_t warmup = static_cast<int64_t>(std::floor(cfg_.warmup_ratio * static_cast<double>(total_steps)));
   const double base_lr = cfg_.blr > 0 ? cfg_.blr * static_cast<double>(global_batch) / 256.0 : cfg_.lr;
+  auto info = [&](const std::string& msg) {
+    if (lead) log_info(msg);
+  };
 
   // Optimizer groups: per trainable group, decay / no-decay (1-D tensors: biases, norms).
   std::vector<torch::optim::OptimizerParamGroup> groups;
@@ -152,7 +215,12 @@ TrainResult Trainer::fit() {
   for (auto& [name, params] : m_.trainable_groups()) {
     double lr = (name == "projector" && cfg_.lr_projector > 0) ? cfg_.lr_projector : base_lr;
     std::vector<torch::Tensor> decay, no_decay;
-    for (auto& p : params) (p.dim() <= 1 ? no_decay : decay).push_back(p), all_params.push_back(p);
+    for (auto& p : params) {
+      if (p.scalar_type() != torch::kFloat32)
+        throw VadaptError(cat("train: trainable parameters must be float32 (mixed precision keeps fp32 master weights); group ", name,
+                              " has ", p.scalar_type(), " (set dtype: float32 for what trains)"));
+      (p.dim() <= 1 ? no_decay : decay).push_back(p), all_params.push_back(p);
+    }
     for (auto* set : {&decay, &no_decay}) {
       if (set->empty()) continue;
       auto o = std::make_unique<torch::optim::AdamWOptions>(lr);
@@ -166,13 +234,14 @@ TrainResult Trainer::fit() {
   for (const auto& p : all_params) res.trainable += p.numel();
   res.total = res.trainable + model::count_parameters(*m_.lm()).total - (m_.spec().tune == "full" ? model::count_parameters(*m_.lm()).total : 0) +
               model::count_parameters(m_.tower().module()).total;
-  log_info(cat("method ", m_.spec().method, " | tune ", m_.spec().tune, " | template ", m_.spec().template_name, " | connector ",
-               m_.spec().connector));
-  log_info(cat("parameters: total ", human_count(res.total), ", trainable ", human_count(res.trainable), " (",
-               100.0 * res.trainable / std::max<int64_t>(1, res.total), "%)"));
-  log_info(cat("data: ", train_.size(), " train / ", val_.size(), " val samples | batch ", cfg_.batch_size, " x accum ",
-               cfg_.grad_accum, " | ", total_steps, " steps (", steps_per_epoch, "/epoch) | lr ", base_lr, " ", cfg_.schedule,
-               ", warmup ", warmup));
+  info(cat("method ", m_.spec().method, " | tune ", m_.spec().tune, " | template ", m_.spec().template_name, " | connector ",
+           m_.spec().connector, " | device ", m_.device().str(), " | precision ", precision_name(precision),
+           world() > 1 ? cat(" | ", world(), " data-parallel workers") : std::string()));
+  info(cat("parameters: total ", human_count(res.total), ", trainable ", human_count(res.trainable), " (",
+           100.0 * res.trainable / std::max<int64_t>(1, res.total), "%)"));
+  info(cat("data: ", train_.size(), " train / ", val_.size(), " val samples | batch ", cfg_.batch_size,
+           world() > 1 ? cat(" x ", world(), " workers") : std::string(), " x accum ", cfg_.grad_accum, " = ", global_batch, " | ",
+           total_steps, " steps (", steps_per_epoch, "/epoch) | lr ", base_lr, " ", cfg_.schedule, ", warmup ", warmup));
 
   int64_t step = 0;
   if (!cfg_.resume.empty()) {
@@ -184,14 +253,23 @@ TrainResult Trainer::fit() {
     }
     step = load_checkpoint(dir, opt);
   }
-  if (cfg_.resume.empty()) torch::manual_seed(cfg_.seed + 17);  // dropout stream; a resume restored it above
-  if (m_.feature_cache()) log_info("vision features: cached (frozen tower runs once per image)");
+  if (cfg_.resume.empty()) torch::manual_seed(cfg_.seed + 17 + static_cast<uint64_t>(rank()));  // dropout stream; a resume restored it above
+  if (m_.feature_cache()) info("vision features: cached (frozen tower runs once per image)");
   if (!val_.empty() && step == 0) {
     res.val_loss_before = evaluate(val_, cfg_.eval_batches);
-    log_info(cat("val loss before training: ", res.val_loss_before));
+    info(cat("val loss before training: ", res.val_loss_before));
   }
-  std::ofstream csv(cfg_.out_dir + "/metrics.csv", step == 0 ? std::ios::trunc : std::ios::app);
-  if (step == 0) csv << "step,epoch,loss,lr,grad_norm,ms_per_step,tokens_per_s,images_per_s,val_loss\n";
+  std::ofstream csv;
+  if (lead) {
+    csv.open(cfg_.out_dir + "/metrics.csv", step == 0 ? std::ios::trunc : std::ios::app);
+    if (step == 0) csv << "step,epoch,loss,lr,grad_norm,ms_per_step,tokens_per_s,images_per_s,val_loss\n";
+  }
+  std::vector<CurvePoint> curve, val_curve;
+  if (res.val_loss_before >= 0) val_curve.push_back({0, res.val_loss_before});
+  const bool bar = cfg_.progress && lead && ::isatty(2) && log_level() >= LogLevel::kInfo;
+  auto clear_bar = [&] {
+    if (bar) std::fputs("\r\x1b[K", stderr);
+  };
 
   double window_loss = 0, window_tokens = 0, window_images = 0, window_gn = 0;
   int64_t window_steps = 0;
@@ -206,25 +284,58 @@ TrainResult Trainer::fit() {
     for (size_t g = 0; g < pgs.size(); ++g)
       static_cast<torch::optim::AdamWOptions&>(pgs[g].options()).lr(group_lr[g] * mult);
     opt.zero_grad();
-    double step_loss = 0;
+    // This rank's micro-batches of the step; the loss is normalised by the step's target tokens
+    // over all micro-batches and ranks, so 1 worker x batch 2B equals 2 workers x batch B.
+    std::vector<vlm::Batch> batches;
+    double local_tokens = 0;
     for (int64_t a = 0; a < cfg_.grad_accum; ++a) {
       const int64_t micro = ((step % steps_per_epoch) * cfg_.grad_accum + a) % micro_per_epoch;
+      const int64_t lo = micro * micro_global + rank() * cfg_.batch_size;
       std::vector<size_t> idx;
-      for (int64_t j = micro * cfg_.batch_size; j < std::min<int64_t>((micro + 1) * cfg_.batch_size, order.size()); ++j)
-        idx.push_back(order[static_cast<size_t>(j)]);
-      auto batch = make_batch(train_, idx);
-      auto r = m_.loss(batch);
-      (r.loss / static_cast<double>(cfg_.grad_accum)).backward();
-      step_loss += r.loss.item<double>() / static_cast<double>(cfg_.grad_accum);
+      for (int64_t j = lo; j < std::min<int64_t>(lo + cfg_.batch_size, N); ++j) idx.push_back(order[static_cast<size_t>(j)]);
+      if (idx.empty()) continue;  // the epoch's last global micro-batch may leave a rank without samples
+      batches.push_back(make_batch(train_, idx));
+      local_tokens += static_cast<double>(target_tokens(batches.back()));
+    }
+    const double step_tokens = std::max(1.0, allreduce(local_tokens));
+    double local_sum = 0;
+    for (auto& batch : batches) {
+      vlm::LossResult r;
+      {
+        AutocastGuard ac(m_.device(), precision);
+        r = m_.loss(batch);
+      }
+      (r.sum * (scaler.scale() / step_tokens)).backward();
+      local_sum += r.loss_sum;
       window_tokens += static_cast<double>(batch.tokens);
       window_images += batch.pixels.defined()     ? static_cast<double>(batch.pixels.size(0))
                        : batch.features.defined() ? static_cast<double>(batch.features.size(0))
                                                   : 0.0;
     }
-    double gn = cfg_.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(all_params, cfg_.max_grad_norm)
-                                       : torch::nn::utils::clip_grad_norm_(all_params, 1e30);
+    batches.clear();
+    if (cfg_.comm) {
+      std::vector<torch::Tensor> grads;
+      for (auto& p : all_params) {
+        if (!p.grad().defined()) p.mutable_grad() = torch::zeros_like(p);
+        grads.push_back(p.grad());
+      }
+      grads.push_back(torch::tensor({local_sum}, torch::kFloat64));
+      cfg_.comm->allreduce_sum(grads);
+      local_sum = grads.back().item<double>();
+    }
+    const double step_loss = local_sum / step_tokens;
     if (!std::isfinite(step_loss)) throw VadaptError(cat("train: loss is ", step_loss, " at step ", step, " (lower the lr?)"));
-    opt.step();
+    const bool finite = scaler.unscale_and_check(all_params);
+    double gn = 0;
+    if (finite) {
+      gn = cfg_.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(all_params, cfg_.max_grad_norm)
+                                  : torch::nn::utils::clip_grad_norm_(all_params, 1e30);
+      opt.step();
+    } else {
+      clear_bar();
+      info(cat("step ", step + 1, ": fp16 gradients overflowed; step skipped, loss scale ", scaler.scale(), " -> ", scaler.scale() / 2));
+    }
+    scaler.update(finite);
     ++step;
     losses_.push_back(step_loss);
     res.last_loss = step_loss;
@@ -232,36 +343,60 @@ TrainResult Trainer::fit() {
     const bool last = step == total_steps;
     double val = -1;
     if (cfg_.eval_every > 0 && step % cfg_.eval_every == 0 && !val_.empty() && !last) val = evaluate(val_, cfg_.eval_batches);
+    const double eta = run_sw.seconds() / static_cast<double>(step - start_step) * static_cast<double>(total_steps - step);
     if (step % cfg_.log_every == 0 || last || val >= 0) {
       const double secs = window_sw.seconds();
       const double ms = 1000.0 * secs / window_steps;
-      const double eta = run_sw.seconds() / static_cast<double>(step - start_step) * static_cast<double>(total_steps - step);
+      const double lr_now = *std::max_element(group_lr.begin(), group_lr.end()) * mult;
+      // Throughput over all ranks (each counts its own tokens and images).
+      const double tps = allreduce(window_tokens) / secs, ips = allreduce(window_images) / secs;
       char line[512];
       std::snprintf(line, sizeof line,
-                    "step %ld/%ld | epoch %.2f | loss %.4f | lr %.3g | grad norm %.3f | %.0f ms/step | %.0f tok/s | %.1f img/s | ETA %.0fs%s",
+                    "step %ld/%ld | epoch %.2f | loss %.4f | lr %.3g | grad norm %.3f | %.0f ms/step | %.0f tok/s | %.1f img/s | ETA %s%s",
                     static_cast<long>(step), static_cast<long>(total_steps), static_cast<double>(step) / steps_per_epoch,
-                    window_loss / window_steps, *std::max_element(group_lr.begin(), group_lr.end()) * mult, window_gn / window_steps, ms, window_tokens / secs,
-                    window_images / secs, eta, val >= 0 ? cat(" | val loss ", val).c_str() : "");
-      log_info(line);
-      csv << step << "," << static_cast<double>(step) / steps_per_epoch << "," << window_loss / window_steps << ","
-          << *std::max_element(group_lr.begin(), group_lr.end()) * mult << "," << window_gn / window_steps << "," << ms << "," << window_tokens / secs << ","
-          << window_images / secs << "," << (val >= 0 ? std::to_string(val) : "") << "\n";
-      csv.flush();
+                    window_loss / window_steps, lr_now, window_gn / window_steps, ms, tps, ips, format_duration(eta).c_str(),
+                    val >= 0 ? cat(" | val loss ", val).c_str() : "");
+      clear_bar();
+      info(line);
+      if (lead) {
+        csv << step << "," << static_cast<double>(step) / steps_per_epoch << "," << window_loss / window_steps << "," << lr_now << ","
+            << window_gn / window_steps << "," << ms << "," << tps << "," << ips << "," << (val >= 0 ? std::to_string(val) : "") << "\n";
+        csv.flush();
+        curve.push_back({static_cast<double>(step), window_loss / window_steps});
+        if (val >= 0) val_curve.push_back({static_cast<double>(step), val});
+        if (cfg_.plot) write_curve_png(cfg_.out_dir + "/loss.png", curve, val_curve, cat(m_.spec().method, " ", m_.spec().tune, " - loss"));
+      }
       window_loss = window_tokens = window_images = window_gn = 0;
       window_steps = 0;
       window_sw.reset();
-      (void)epoch;
     }
-    if ((cfg_.save_every > 0 && step % cfg_.save_every == 0) || last) save_checkpoint(step, opt);
+    if ((cfg_.save_every > 0 && step % cfg_.save_every == 0) || last) {
+      clear_bar();
+      save_checkpoint(step, opt);
+    }
+    if (bar && !last) {
+      const int width = 30, filled = static_cast<int>(width * step / total_steps);
+      std::string b(static_cast<size_t>(filled), '=');
+      if (filled < width) b += '>' + std::string(static_cast<size_t>(width - filled - 1), ' ');
+      std::fprintf(stderr, "\r[%s] %ld/%ld %3.0f%% | loss %.4f | ETA %s\x1b[K", b.c_str(), static_cast<long>(step), static_cast<long>(total_steps),
+                   100.0 * step / total_steps, step_loss, format_duration(eta).c_str());
+      std::fflush(stderr);
+    }
   }
-  m_.save_adapter(cfg_.out_dir);  // the final adapter at the top of the output folder
+  clear_bar();
+  if (scaler.skipped() > 0) info(cat("fp16: ", scaler.skipped(), " steps skipped for overflow; final loss scale ", scaler.scale()));
+  if (lead) m_.save_adapter(cfg_.out_dir);  // the final adapter at the top of the output folder
   if (!val_.empty()) {
     res.val_loss_after = evaluate(val_, cfg_.eval_batches);
-    log_info(cat("val loss after training: ", res.val_loss_after));
+    info(cat("val loss after training: ", res.val_loss_after));
+    if (lead && cfg_.plot) {
+      val_curve.push_back({static_cast<double>(step), res.val_loss_after});
+      write_curve_png(cfg_.out_dir + "/loss.png", curve, val_curve, cat(m_.spec().method, " ", m_.spec().tune, " - loss"));
+    }
   }
   res.steps = step;
   res.seconds = total_sw.seconds();
-  if (auto* c = m_.feature_cache()) log_info(cat("feature cache: ", c->hits(), " hits, ", c->misses(), " misses"));
+  if (auto* c = m_.feature_cache()) info(cat("feature cache: ", c->hits(), " hits, ", c->misses(), " misses"));
   m_.train_mode(false);
   return res;
 }

@@ -5,10 +5,12 @@
 // resume, keep-last-N.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "data/dataset.h"
+#include "train/distributed.h"
 #include "vlm/vision_language_model.h"
 
 namespace vadapt::train {
@@ -35,6 +37,12 @@ struct TrainConfig {
   int64_t eval_batches = -1;  // -1: the whole validation set
   std::string out_dir;
   std::string resume;       // checkpoint folder or "latest"
+  std::string precision = "fp32";  // fp32 | bf16 | fp16: autocast compute; trainable weights stay fp32
+  bool plot = false;        // loss.png beside metrics.csv, redrawn at every log step
+  bool progress = true;     // a progress bar between log lines when stderr is a terminal
+  // Data parallel: each optimizer step takes batch_size x grad_accum samples per rank; gradients
+  // are summed over ranks and normalised by the step's target tokens over all ranks.
+  std::shared_ptr<Communicator> comm;
 };
 
 struct TrainResult {
@@ -51,13 +59,16 @@ class Trainer {
   TrainResult fit();
   // Mean loss per target token over `data` (teacher forcing, no grad).
   double evaluate(const std::vector<data::Sample>& data, int64_t max_batches = -1);
-  // Loss of each logged step so far (for tests and plots).
+  // Loss of each optimizer step so far (for tests and plots).
   const std::vector<double>& losses() const { return losses_; }
 
  private:
   text::EncodedPrompt encode(const data::Sample& s) const;
   vlm::Batch make_batch(const std::vector<data::Sample>& data, const std::vector<size_t>& idx) const;
   std::vector<size_t> epoch_order(int64_t epoch) const;
+  int rank() const { return cfg_.comm ? cfg_.comm->rank() : 0; }
+  int world() const { return cfg_.comm ? cfg_.comm->world_size() : 1; }
+  double allreduce(double v) const;
   void save_checkpoint(int64_t step, torch::optim::Optimizer& opt) const;
   int64_t load_checkpoint(const std::string& dir, torch::optim::Optimizer& opt);
 

@@ -1,6 +1,7 @@
 // VisionLanguageModel: composition, embedding splice, loss, trainable set and checkpoints.
 #include "vlm/vision_language_model.h"
 
+#include <cmath>
 #include <filesystem>
 
 #include "common/error.h"
@@ -24,6 +25,12 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
   if (pre_.crop != tower_->image_size())
     throw VadaptError(cat("preprocess ", pre_.describe(), " makes ", pre_.crop, " px images; the vision tower expects ",
                           tower_->image_size()));
+  if (spec.pool > 0) {
+    const auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(tower_->num_patches()))));
+    if (side * side != tower_->num_patches() || spec.pool > side)
+      throw VadaptError(cat("mm_pool ", spec.pool, ": needs a square patch grid of at least that side (the tower has ", tower_->num_patches(),
+                            " patches)"));
+  }
   const int64_t nh = static_cast<int64_t>(tower_->num_layers()) + 1;
   if (spec.feature_layer >= nh || spec.feature_layer < -nh)
     throw VadaptError(cat("mm_vision_select_layer ", spec.feature_layer, " out of range for ", nh, " hidden states"));
@@ -49,6 +56,16 @@ torch::Tensor VisionLanguageModel::vision_features(const torch::Tensor& pixels) 
   torch::NoGradGuard ng;  // the tower is frozen: no graph, no activations kept
   auto out = tower_->encode(pixels.to(device_));
   return vision::select_patch_features(out, spec_.feature_layer).to(torch::kFloat32);  // (M, N, C)
+}
+
+torch::Tensor VisionLanguageModel::project(const torch::Tensor& features_in) {
+  auto features = features_in.to(device_);  // cached features live on the CPU
+  if (spec_.pool <= 0) return projector_(features);
+  const int64_t m = features.size(0), n = features.size(1), c = features.size(2);
+  const auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(n))));
+  auto grid = features.reshape({m, side, side, c}).permute({0, 3, 1, 2});                        // (M, C, s, s)
+  auto pooled = torch::adaptive_avg_pool2d(grid, {spec_.pool, spec_.pool});                      // (M, C, g, g)
+  return projector_(pooled.flatten(2).transpose(1, 2));                                          // (M, g*g, d)
 }
 
 torch::Tensor VisionLanguageModel::embed(const torch::Tensor& ids, const torch::Tensor& image_embeds) {
@@ -82,6 +99,7 @@ LossResult VisionLanguageModel::loss(const Batch& b) {
       flat_logits, flat_labels,
       torch::nn::functional::CrossEntropyFuncOptions().ignore_index(text::kIgnore).reduction(torch::kSum));
   r.loss_sum = sum.item<double>();
+  r.sum = sum;
   r.loss = sum / std::max<int64_t>(r.target_tokens, 1);
   return r;
 }

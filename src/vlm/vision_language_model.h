@@ -32,6 +32,7 @@ struct Batch {
 
 struct LossResult {
   torch::Tensor loss;      // mean over target tokens (differentiable)
+  torch::Tensor sum;       // sum over target tokens (differentiable)
   int64_t target_tokens = 0;
   double loss_sum = 0;     // sum over target tokens (for exact eval averages)
 };
@@ -41,7 +42,9 @@ class VisionLanguageModel {
   explicit VisionLanguageModel(const VlmSpec& spec, torch::Device device = torch::kCPU);
 
   const VlmSpec& spec() const { return spec_; }
-  int64_t image_tokens() const { return tower_->num_patches(); }
+  torch::Device device() const { return device_; }
+  // Tokens per image in the LLM sequence: the patch grid, or pool x pool after pooling.
+  int64_t image_tokens() const { return spec_.pool > 0 ? spec_.pool * spec_.pool : tower_->num_patches(); }
   const vision::PreprocessConfig& preprocess() const { return pre_; }
   const text::Tokenizer& tokenizer() const { return *tok_; }
   const text::ChatTemplate& chat_template() const { return template_; }
@@ -50,8 +53,8 @@ class VisionLanguageModel {
 
   // (M, 3, H, W) -> (M, N, C) frozen vision features of the configured layer (patch tokens).
   torch::Tensor vision_features(const torch::Tensor& pixels);
-  // (M, N, C) -> (M, N, d)
-  torch::Tensor project(const torch::Tensor& features) { return projector_(features); }
+  // (M, N, C) -> (M, image_tokens, d): optional average pooling of the patch grid, then the projector.
+  torch::Tensor project(const torch::Tensor& features);
   // ids (B, T) with placeholders + projected features (M, N, d) -> (B, T, d)
   torch::Tensor embed(const torch::Tensor& ids, const torch::Tensor& image_embeds);
   LossResult loss(const Batch& b);

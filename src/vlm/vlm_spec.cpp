@@ -12,6 +12,7 @@ nlohmann::json VlmSpec::to_json() const {
                       {"vision_tower", vision},
                       {"mm_projector_type", connector},
                       {"mm_vision_select_layer", feature_layer},
+                      {"mm_pool", pool},
                       {"preprocess", preprocess},
                       {"template", template_name},
                       {"tune", tune},
@@ -38,6 +39,8 @@ VlmSpec VlmSpec::from_json(const nlohmann::json& j, const std::string& src) {
   s.vision = io::json_get<std::string>(j, "vision_tower", src);
   s.connector = io::json_get_or<std::string>(j, "mm_projector_type", s.connector, src);
   s.feature_layer = io::json_get_or<int64_t>(j, "mm_vision_select_layer", s.feature_layer, src);
+  s.pool = io::json_get_or<int64_t>(j, "mm_pool", 0, src);
+  if (s.pool < 0) raise(src, "mm_pool", "expected 0 (no pooling) or a positive grid side, got ", s.pool);
   s.preprocess = io::json_get_or<std::string>(j, "preprocess", "", src);
   s.template_name = io::json_get_or<std::string>(j, "template", s.template_name, src);
   s.tune = io::json_get_or<std::string>(j, "tune", s.tune, src);

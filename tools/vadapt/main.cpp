@@ -8,6 +8,7 @@
 #include <iomanip>
 #include <iostream>
 
+#include "adapters/peft.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "common/runtime.h"
@@ -22,6 +23,7 @@
 #include "model/load.h"
 #include "text/prompt.h"
 #include "text/tokenizer.h"
+#include "train/distributed.h"
 #include "train/recipe.h"
 #include "train/run_recipe.h"
 #include "vlm/vision_language_model.h"
@@ -45,7 +47,7 @@ torch::Device parse_device(const std::string& s) {
 struct GenerateArgs {
   std::string model, tokenizer, device = "cpu", dtype = "float32";
   std::vector<std::string> prompts;
-  std::string adapter, image;
+  std::string adapter, image, lora;
   int64_t max_new_tokens = 128, top_k = 0;
   float temperature = 0.0f, top_p = 1.0f;
   uint64_t seed = 0;
@@ -97,12 +99,15 @@ int run_generate_vlm(const GenerateArgs& a) {
 int run_generate(const GenerateArgs& a) {
   if (!a.adapter.empty()) return run_generate_vlm(a);
   if (!a.image.empty()) throw VadaptError("--image needs --adapter (a trained vision-language adapter)");
+  if (!a.lora.empty() && a.model.empty()) throw VadaptError("--lora needs --model (the base model the LoRA was trained on)");
   if (a.model.empty()) throw VadaptError("--model is required without --adapter");
   auto dtype = io::dtype_from_name(a.dtype, "--dtype");
   auto device = parse_device(a.device);
   Stopwatch load_sw;
   auto lm = model::load_llama(a.model, dtype, device);
   auto tok = text::load_tokenizer(a.tokenizer.empty() ? a.model : a.tokenizer);
+  adapters::AdapterSet lora_set;  // a PEFT LoRA on the model, alive while it generates
+  if (!a.lora.empty()) log_info(cat("LoRA from ", a.lora, ": ", adapters::load_peft_lora(*lm, *lora_set, a.lora), " modules adapted"));
   log_info(cat("loaded ", a.model, " in ", load_sw.seconds(), " s"));
   std::vector<std::vector<int64_t>> ids;
   for (size_t i = 0; i < a.prompts.size(); ++i) {
@@ -134,14 +139,30 @@ int run_generate(const GenerateArgs& a) {
 }
 
 struct TrainArgs {
-  std::string recipe, out, stage, resume;
+  std::string recipe, out, stage, resume, device = "cpu", precision;
   std::vector<std::string> overrides;
+  int nproc = 1;
+  bool plot = false, verbose = false;
 };
 
 int run_train(const TrainArgs& a) {
-  auto recipe = train::load_recipe(a.recipe, a.overrides);
+  auto recipe = train::load_recipe(a.recipe, a.overrides);  // a bad recipe fails before workers start
+  train::RunOptions ro;
+  ro.comm = train::communicator_from_env();
+  const int rank = ro.comm ? ro.comm->rank() : 0;
+  if (rank != 0 && !a.verbose) set_log_level(LogLevel::kQuiet);  // rank 0 reports for everyone
+  if (ro.comm && a.nproc > 1 && ro.comm->world_size() != a.nproc)
+    throw VadaptError(cat("--nproc ", a.nproc, " but WORLD_SIZE is ", ro.comm->world_size()));
+  std::string dev = a.device;
+  if (ro.comm && dev == "cuda") dev = cat("cuda:", std::getenv("LOCAL_RANK") ? std::getenv("LOCAL_RANK") : "0");  // one GPU per local worker
+  ro.device = parse_device(dev);
+  ro.only_stage = a.stage;
+  ro.resume = a.resume;
+  ro.precision = a.precision;
+  ro.plot = a.plot;
   Stopwatch sw;
-  auto results = train::run_recipe(recipe, a.out, a.stage, a.resume);
+  auto results = train::run_recipe(recipe, a.out, ro);
+  if (rank != 0) return 0;  // stdout carries one result
   std::string table = "\n| stage | steps | trainable params | val loss before | val loss after | seconds |\n|---|---|---|---|---|---|\n";
   for (const auto& r : results) {
     char line[256];
@@ -174,21 +195,37 @@ int run_inspect_recipe(const std::string& path, const std::vector<std::string>& 
   return 0;
 }
 
+void write_hf_llama(model::LlamaForCausalLMImpl& lm, const std::string& tokenizer_dir, const std::string& out) {
+  std::filesystem::create_directories(out);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& p : lm.named_parameters()) tensors.emplace_back(p.key(), p.value());
+  io::write_safetensors(out + "/model.safetensors", tensors, {{"format", "pt"}});
+  io::write_text_atomic(out + "/config.json", lm.config().to_json().dump(2));
+  for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+    auto src = std::filesystem::path(tokenizer_dir) / f;
+    if (std::filesystem::exists(src))
+      std::filesystem::copy_file(src, std::filesystem::path(out) / f, std::filesystem::copy_options::overwrite_existing);
+  }
+}
+
+// Folds a PEFT LoRA into a Hugging Face Llama folder.
+int run_merge_peft(const std::string& model_dir, const std::string& lora, const std::string& out) {
+  auto lm = model::load_llama(model_dir, torch::kFloat32, torch::kCPU);
+  adapters::AdapterSet set;
+  const auto n = adapters::load_peft_lora(*lm, *set, lora);
+  set->merge_into(*lm);
+  write_hf_llama(*lm, model_dir, out);
+  log_info(cat("merged ", n, " LoRA modules of ", lora, " into ", out));
+  std::cout << nlohmann::json{{"merged", out}}.dump() << std::endl;
+  return 0;
+}
+
 // Folds LoRA into the LLM and writes a Hugging Face folder (plus the projector beside it).
 int run_merge(const std::string& adapter, const std::string& out) {
   auto m = vlm::load_vlm_checkpoint(adapter);
   if (m->spec().tune != "lora" && m->spec().tune != "qlora") throw VadaptError(cat(adapter, ": merge needs a LoRA adapter (tune: lora), got '", m->spec().tune, "'"));
   m->adapters()->merge_into(*m->lm());
-  std::filesystem::create_directories(out);
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& p : m->lm()->named_parameters()) tensors.emplace_back(p.key(), p.value());
-  io::write_safetensors(out + "/model.safetensors", tensors, {{"format", "pt"}});
-  io::write_text_atomic(out + "/config.json", m->lm()->config().to_json().dump(2));
-  for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
-    auto src = std::filesystem::path(m->spec().llm) / f;
-    if (std::filesystem::exists(src))
-      std::filesystem::copy_file(src, std::filesystem::path(out) / f, std::filesystem::copy_options::overwrite_existing);
-  }
+  write_hf_llama(*m->lm(), m->spec().llm, out);
   std::vector<std::pair<std::string, torch::Tensor>> proj;
   for (const auto& [k, v] : m->trainable_state())
     if (k.rfind("mm_projector.", 0) == 0) proj.emplace_back(k, v);
@@ -341,6 +378,7 @@ int main(int argc, char** argv) {
   gen->add_option("--model", ga.model, "Hugging Face model folder (config.json + safetensors)");
   gen->add_option("--adapter", ga.adapter, "trained vision-language adapter folder (from vadapt train)");
   gen->add_option("--image", ga.image, "image to ask about (with --adapter)");
+  gen->add_option("--lora", ga.lora, "a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) on --model");
   gen->add_option("--tokenizer", ga.tokenizer, "tokenizer folder or file (default: the model folder)");
   gen->add_option("--prompt", ga.prompts, "prompt text (repeat for a batch)")->required();
   gen->add_option("--max-new-tokens", ga.max_new_tokens, "tokens to generate")->check(CLI::NonNegativeNumber);
@@ -376,6 +414,11 @@ int main(int argc, char** argv) {
   tr->add_option("--set", ta.overrides, "override key.path=value (repeatable)");
   tr->add_option("--stage", ta.stage, "run only this stage");
   tr->add_option("--resume", ta.resume, "checkpoint folder or 'latest'");
+  tr->add_option("--device", ta.device, "cpu | cuda[:N]");
+  tr->add_option("--precision", ta.precision, "fp32 | bf16 | fp16 autocast (trainable weights stay fp32); default: the recipe's");
+  tr->add_option("--nproc", ta.nproc, "data-parallel workers on this machine (c10d Gloo); RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT "
+                 "in the environment join a multi-machine group instead")->check(CLI::PositiveNumber);
+  tr->add_flag("--plot", ta.plot, "write loss.png beside metrics.csv");
 
   data::SynthOptions so;
   auto* sy = app.add_subcommand("synth", "render the synthetic shapes-and-words dataset (deterministic by seed)");
@@ -411,9 +454,11 @@ int main(int argc, char** argv) {
   ev->add_flag("--skip-bad", va.opts.skip_bad, "skip malformed records (counted) instead of failing");
   ev->add_flag("--no-feature-cache", va.no_cache, "recompute frozen vision features");
 
-  std::string merge_adapter, merge_out;
+  std::string merge_adapter, merge_out, merge_model, merge_lora;
   auto* mg = app.add_subcommand("merge", "fold a LoRA adapter into the LLM and write a Hugging Face folder");
-  mg->add_option("--adapter", merge_adapter, "LoRA adapter folder")->required();
+  mg->add_option("--adapter", merge_adapter, "vadapt LoRA adapter folder (from vadapt train)");
+  mg->add_option("--model", merge_model, "with --lora: the Hugging Face base model folder");
+  mg->add_option("--lora", merge_lora, "a PEFT LoRA folder to fold into --model");
   mg->add_option("--out", merge_out, "output folder")->required();
 
   try {
@@ -430,8 +475,20 @@ int main(int argc, char** argv) {
       if (inspect_dir.empty()) throw VadaptError("inspect: give a model folder or --recipe FILE");
       return run_inspect(inspect_dir);
     }
-    if (*tr) return run_train(ta);
-    if (*mg) return run_merge(merge_adapter, merge_out);
+    if (*tr) {
+      ta.verbose = verbose;
+      if (ta.nproc > 1 && !std::getenv("RANK")) return train::launch_local_workers(ta.nproc, std::vector<std::string>(argv, argv + argc));
+      return run_train(ta);
+    }
+    if (*mg) {
+      if (!merge_lora.empty() || !merge_model.empty()) {
+        if (merge_lora.empty() || merge_model.empty() || !merge_adapter.empty())
+          throw VadaptError("merge: give --adapter DIR, or --model DIR with --lora DIR");
+        return run_merge_peft(merge_model, merge_lora, merge_out);
+      }
+      if (merge_adapter.empty()) throw VadaptError("merge: give --adapter DIR, or --model DIR with --lora DIR");
+      return run_merge(merge_adapter, merge_out);
+    }
     if (*enc) return run_encode(ea);
     if (*ev) return run_eval(va);
     if (*sy) {
