@@ -40,15 +40,17 @@ Labelled single_object(const std::string& file) {
   return out;
 }
 
+// Softmax regression; `standardise`: z-score every feature first (else the raw features, as the
+// projector sees them).
 double probe(const torch::Tensor& xtr, const std::vector<int64_t>& ytr, const torch::Tensor& xte, const std::vector<int64_t>& yte,
-             int64_t classes) {
+             int64_t classes, bool standardise = true, double lr = 1e-2, int iters = 500) {
   auto mean = xtr.mean(0, true), sd = xtr.std(0, true, true) + 1e-6;
-  auto a = (xtr - mean) / sd, b = (xte - mean) / sd;
+  auto a = standardise ? (xtr - mean) / sd : xtr, b = standardise ? (xte - mean) / sd : xte;
   torch::manual_seed(0);
   auto lin = torch::nn::Linear(a.size(1), classes);
-  torch::optim::Adam opt(lin->parameters(), torch::optim::AdamOptions(1e-2).weight_decay(1e-3));
+  torch::optim::Adam opt(lin->parameters(), torch::optim::AdamOptions(lr).weight_decay(1e-3));
   auto y = torch::tensor(ytr);
-  for (int i = 0; i < 500; ++i) {
+  for (int i = 0; i < iters; ++i) {
     opt.zero_grad();
     torch::nn::functional::cross_entropy(lin(a), y).backward();
     opt.step();
@@ -84,7 +86,10 @@ int main(int argc, char** argv) {
   auto tr = single_object(dir + "/train.json"), te = single_object(dir + "/test.json");
   auto [tr_mean, tr_grid] = features(tr.images);
   auto [te_mean, te_grid] = features(te.images);
-  std::cout << "| target | classes | train / test images | probe on mean-pooled | probe on 2x2 grid |\n|---|---|---|---|---|\n";
+  auto scale = torch::cat({tr_mean, te_mean}).abs().amax(0);  // (C,)
+  auto sorted = std::get<0>(scale.sort(0, true));
+  std::cerr << "largest |feature| per channel: top 3 " << sorted.narrow(0, 0, 3) << " median " << scale.median().item<double>() << "\n";
+  std::cout << "| target | classes | train / test images | probe on mean-pooled | probe on 2x2 grid | mean-pooled, raw features | raw, lr 1e-3 x 100 steps |\n|---|---|---|---|---|---|---|\n";
   for (const char* t : {"color", "shape"}) {
     std::map<std::string, int64_t> cls;
     for (const auto& l : tr.labels[t]) cls.emplace(l, static_cast<int64_t>(cls.size()));
@@ -93,7 +98,8 @@ int main(int argc, char** argv) {
     for (const auto& l : te.labels[t]) yte.push_back(cls.count(l) ? cls.at(l) : -1);
     const int64_t k = static_cast<int64_t>(cls.size());
     std::cout << "| " << t << " | " << k << " | " << tr.images.size() << " / " << te.images.size() << " | "
-              << probe(tr_mean, ytr, te_mean, yte, k) << " | " << probe(tr_grid, ytr, te_grid, yte, k) << " |\n";
+              << probe(tr_mean, ytr, te_mean, yte, k) << " | " << probe(tr_grid, ytr, te_grid, yte, k) << " | "
+              << probe(tr_mean, ytr, te_mean, yte, k, false) << " | " << probe(tr_mean, ytr, te_mean, yte, k, false, 1e-3, 100) << " |\n";
   }
   return 0;
 }

@@ -2,11 +2,11 @@
 #include "adapters/peft.h"
 
 #include <filesystem>
-#include <set>
 
 #include "common/error.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/load.h"
 
 namespace vadapt::adapters {
 
@@ -75,27 +75,7 @@ int64_t load_peft_lora(model::LlamaForCausalLMImpl& lm, AdapterSetImpl& set, con
     raise(weights, "", "missing");
   }
   const int64_t n = set.attach_lora(lm, cfg.targets);
-  auto src = io::TensorSource::open(weights);
-  torch::NoGradGuard ng;
-  std::set<std::string> want;
-  std::vector<std::string> missing;
-  for (const auto& p : set.named_parameters()) {
-    const std::string name = "base_model.model." + p.key();
-    want.insert(name);
-    if (!src.contains(name)) {
-      missing.push_back(name);
-      continue;
-    }
-    auto v = src.tensor(name);
-    if (v.sizes() != p.value().sizes()) raise(src.description(), name, "shape ", v.sizes(), " in file, expected ", p.value().sizes());
-    p.value().copy_(v.to(p.value().scalar_type()));
-  }
-  std::vector<std::string> unexpected;
-  for (const auto& name : src.names())
-    if (!want.count(name)) unexpected.push_back(name);
-  if (!missing.empty() || !unexpected.empty())
-    raise(src.description(), missing.empty() ? unexpected[0] : missing[0], "the adapter does not match its adapter_config.json on this model: ",
-          missing.size(), " missing and ", unexpected.size(), " unexpected tensors");
+  model::load_strict(set, io::TensorSource::open(weights), {}, "base_model.model.");  // PEFT's names; every tensor, nothing else
   set.eval();  // inference: no LoRA dropout
   return n;
 }
