@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
   auto scale = torch::cat({tr_mean, te_mean}).abs().amax(0);  // (C,)
   auto sorted = std::get<0>(scale.sort(0, true));
   std::cerr << "largest |feature| per channel: top 3 " << sorted.narrow(0, 0, 3) << " median " << scale.median().item<double>() << "\n";
-  std::cout << "| target | classes | train / test images | probe on mean-pooled | probe on 2x2 grid | mean-pooled, raw features | raw, lr 1e-3 x 100 steps |\n|---|---|---|---|---|---|---|\n";
+  std::cout << "| target | classes | train / test images | probe on mean-pooled | probe on 2x2 grid | mean-pooled, raw features | raw, lr 1e-3 x 100 steps | standardised, lr 1e-3 x 100 steps |\n|---|---|---|---|---|---|---|---|\n";
   for (const char* t : {"color", "shape"}) {
     std::map<std::string, int64_t> cls;
     for (const auto& l : tr.labels[t]) cls.emplace(l, static_cast<int64_t>(cls.size()));
@@ -99,7 +99,7 @@ int main(int argc, char** argv) {
     const int64_t k = static_cast<int64_t>(cls.size());
     std::cout << "| " << t << " | " << k << " | " << tr.images.size() << " / " << te.images.size() << " | "
               << probe(tr_mean, ytr, te_mean, yte, k) << " | " << probe(tr_grid, ytr, te_grid, yte, k) << " | "
-              << probe(tr_mean, ytr, te_mean, yte, k, false) << " | " << probe(tr_mean, ytr, te_mean, yte, k, false, 1e-3, 100) << " |\n";
+              << probe(tr_mean, ytr, te_mean, yte, k, false) << " | " << probe(tr_mean, ytr, te_mean, yte, k, false, 1e-3, 100) << " | " << probe(tr_mean, ytr, te_mean, yte, k, true, 1e-3, 100) << " |\n";
   }
   return 0;
 }
