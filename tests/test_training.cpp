@@ -534,3 +534,30 @@ TEST(Trainer, Bf16AutocastOnCpuKeepsFp32WeightsAndPlotIsWritten) {
     EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
   }
 }
+
+// feature_norm standardize: per-channel statistics of the frozen features of the training
+// images, applied before the projector, frozen (not optimised), saved and loaded with it.
+TEST(Connector, StandardizeUsesTrainingStatisticsAndTravelsWithTheAdapter) {
+  World w;
+  auto spec = w.spec("projector");
+  spec.feature_norm = "standardize";
+  vlm::VisionLanguageModel m(spec);
+  std::vector<std::string> imgs;
+  for (int i = 0; i < 8; ++i) imgs.push_back(w.dir.file("img" + std::to_string(i) + ".png"));
+  m.init_feature_stats(imgs);
+  torch::NoGradGuard ng;
+  auto feats = m.image_features(imgs);                               // (8, N, C)
+  auto flat = feats.reshape({-1, feats.size(-1)}).to(torch::kFloat64);
+  auto mean = flat.mean(0), sd = flat.std(0, /*unbiased=*/false).clamp_min(1e-6);
+  vlm::VlmSpec plain_spec = spec;
+  plain_spec.feature_norm = "";
+  vlm::VisionLanguageModel plain(plain_spec);  // same seed: the same projector weights
+  auto z = ((feats.to(torch::kFloat64) - mean) / sd).to(torch::kFloat32);
+  EXPECT_TRUE(tensors_close(m.project(feats), plain.project(z), 1e-4, 1e-4));
+  for (const auto& [group, params] : m.trainable_groups())
+    for (const auto& p : params) EXPECT_TRUE(p.requires_grad()) << group;  // the statistics are not optimised
+  TempDir out;
+  m.save_adapter(out.path());
+  auto back = vlm::load_vlm_checkpoint(out.path());
+  EXPECT_TRUE(vadapt::test::tensors_equal(back->project(feats), m.project(feats)));
+}

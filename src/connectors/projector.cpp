@@ -19,8 +19,12 @@ model::Projection linear_init(int64_t in, int64_t out, at::Generator& gen) {
 }
 }  // namespace
 
-ProjectorImpl::ProjectorImpl(std::string type, int64_t c, int64_t d, uint64_t seed) : type_(std::move(type)) {
+ProjectorImpl::ProjectorImpl(std::string type, int64_t c, int64_t d, uint64_t seed, bool standardize) : type_(std::move(type)) {
   auto gen = at::detail::createCPUGenerator(seed);
+  if (standardize) {
+    mean_ = register_parameter("feature_mean", torch::zeros({c}), /*requires_grad=*/false);
+    std_ = register_parameter("feature_std", torch::ones({c}), /*requires_grad=*/false);
+  }
   if (type_ == "linear") {
     fc1 = linear_init(c, d, gen);
     register_parameter("weight", fc1->weight);
@@ -35,7 +39,15 @@ ProjectorImpl::ProjectorImpl(std::string type, int64_t c, int64_t d, uint64_t se
   }
 }
 
-torch::Tensor ProjectorImpl::forward(const torch::Tensor& x) {
+void ProjectorImpl::set_feature_stats(const torch::Tensor& mean, const torch::Tensor& std) {
+  if (!mean_.defined()) throw VadaptError("projector: feature statistics need feature_norm: standardize");
+  torch::NoGradGuard ng;
+  mean_.copy_(mean);
+  std_.copy_(std.clamp_min(1e-6));
+}
+
+torch::Tensor ProjectorImpl::forward(const torch::Tensor& x_in) {
+  auto x = mean_.defined() ? (x_in - mean_) / std_ : x_in;  // (B, N, C)
   if (type_ == "identity") return x;
   auto h = fc1(x.to(fc1->weight.scalar_type()));  // (B, N, d)
   if (type_ == "mlp2x_gelu") h = fc2(torch::gelu(h));  // (B, N, d)

@@ -159,12 +159,15 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     s.method = method;
     const nlohmann::json* model = pick(sj, top, "model");
     if (!model) raise(path, "model", "missing section with llm and vision folders");
-    check_keys(*model, {"llm", "vision", "connector", "feature_layer", "pool", "preprocess", "template", "dtype", "seed"}, path + " model");
+    check_keys(*model, {"llm", "vision", "connector", "feature_layer", "pool", "feature_norm", "preprocess", "template", "dtype", "seed"}, path + " model");
     s.llm = expand_vars(io::json_get<std::string>(*model, "llm", path + " model"));
     s.vision = expand_vars(io::json_get<std::string>(*model, "vision", path + " model"));
     get_into(model, "connector", s.connector, path + " model");
     get_into(model, "feature_layer", s.feature_layer, path + " model");
     get_into(model, "pool", s.pool, path + " model");
+    get_into(model, "feature_norm", s.feature_norm, path + " model");
+    if (!s.feature_norm.empty() && s.feature_norm != "standardize")
+      raise(path + " model", "feature_norm", "expected standardize (or leave it out), got '", s.feature_norm, "'");
     get_into(model, "preprocess", s.preprocess, path + " model");
     get_into(model, "template", s.template_name, path + " model");
     get_into(model, "dtype", s.dtype, path + " model");

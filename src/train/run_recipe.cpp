@@ -2,6 +2,7 @@
 #include "train/run_recipe.h"
 
 #include <filesystem>
+#include <set>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -31,6 +32,14 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
     data::LoadReport rep;
     auto train_set = data::load_dataset(st.data.train, lo, &rep);
     if (rep.skipped) log_warn(cat(rep.skipped, " bad training records skipped"));
+    if (st.spec.feature_norm == "standardize" && st.init_from.empty() && o.resume.empty()) {
+      std::vector<std::string> imgs;  // statistics from up to 512 distinct training images
+      std::set<std::string> seen;
+      for (const auto& s : train_set)
+        if (!s.image.empty() && seen.insert(s.image).second && imgs.size() < 512) imgs.push_back(s.image);
+      m.init_feature_stats(imgs);
+      log_info(cat("feature_norm: per-channel statistics from ", imgs.size(), " training images"));
+    }
     std::vector<data::Sample> val_set;
     if (!st.data.val.empty() || st.data.split_every > 0) {
       lo.limit = st.data.val_limit;

@@ -34,7 +34,8 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
   const int64_t nh = static_cast<int64_t>(tower_->num_layers()) + 1;
   if (spec.feature_layer >= nh || spec.feature_layer < -nh)
     throw VadaptError(cat("mm_vision_select_layer ", spec.feature_layer, " out of range for ", nh, " hidden states"));
-  projector_ = connectors::Projector(spec.connector, tower_->hidden_size(), lm_->config().hidden_size, spec.seed);
+  projector_ = connectors::Projector(spec.connector, tower_->hidden_size(), lm_->config().hidden_size, spec.seed,
+                                     spec.feature_norm == "standardize");
   projector_->to(device);
   if (spec.tune == "qlora") {
     // The frozen LLM linears (not lm_head, not the embeddings) are stored in NF4.
@@ -218,6 +219,24 @@ void VisionLanguageModel::init_projector_from(const std::string& dir) {
     if (v.sizes() != p.value().sizes()) raise(src.description(), name, "shape ", v.sizes(), " in file, expected ", p.value().sizes());
     p.value().copy_(v);
   }
+}
+
+void VisionLanguageModel::init_feature_stats(const std::vector<std::string>& images) {
+  if (images.empty()) throw VadaptError("feature_norm standardize: no training images to take statistics from");
+  torch::NoGradGuard ng;
+  torch::Tensor sum, sq;
+  double n = 0;
+  for (size_t i = 0; i < images.size(); i += 32) {
+    std::vector<std::string> chunk(images.begin() + static_cast<long>(i), images.begin() + static_cast<long>(std::min(images.size(), i + 32)));
+    auto f = image_features(chunk).to(torch::kFloat64);  // (K, N, C)
+    auto flat = f.reshape({-1, f.size(-1)});
+    sum = sum.defined() ? sum + flat.sum(0) : flat.sum(0);
+    sq = sq.defined() ? sq + flat.pow(2).sum(0) : flat.pow(2).sum(0);
+    n += static_cast<double>(flat.size(0));
+  }
+  auto mean = sum / n;
+  auto var = (sq / n - mean.pow(2)).clamp_min(0);
+  projector_->set_feature_stats(mean.to(torch::kFloat32).to(device_), var.sqrt().to(torch::kFloat32).to(device_));
 }
 
 void VisionLanguageModel::train_mode(bool on) {

@@ -76,6 +76,9 @@ class VisionLanguageModel {
   void save_adapter(const std::string& dir) const;   // adapter_model.safetensors + adapter_config.json
   void load_adapter_weights(const std::string& dir);  // strict: exactly the trainable set
   void init_projector_from(const std::string& dir);   // mm_projector.* of another stage's adapter
+  // feature_norm standardize: per-channel mean / std of the frozen features of these images
+  // (all their patch tokens), stored in the projector.
+  void init_feature_stats(const std::vector<std::string>& images);
   void train_mode(bool on);
   adapters::AdapterSet& adapters() { return adapters_; }
 

@@ -13,6 +13,7 @@ nlohmann::json VlmSpec::to_json() const {
                       {"mm_projector_type", connector},
                       {"mm_vision_select_layer", feature_layer},
                       {"mm_pool", pool},
+                      {"mm_feature_norm", feature_norm},
                       {"preprocess", preprocess},
                       {"template", template_name},
                       {"tune", tune},
@@ -40,6 +41,9 @@ VlmSpec VlmSpec::from_json(const nlohmann::json& j, const std::string& src) {
   s.connector = io::json_get_or<std::string>(j, "mm_projector_type", s.connector, src);
   s.feature_layer = io::json_get_or<int64_t>(j, "mm_vision_select_layer", s.feature_layer, src);
   s.pool = io::json_get_or<int64_t>(j, "mm_pool", 0, src);
+  s.feature_norm = io::json_get_or<std::string>(j, "mm_feature_norm", "", src);
+  if (!s.feature_norm.empty() && s.feature_norm != "standardize")
+    raise(src, "mm_feature_norm", "expected \"\" or \"standardize\", got '", s.feature_norm, "'");
   if (s.pool < 0) raise(src, "mm_pool", "expected 0 (no pooling) or a positive grid side, got ", s.pool);
   s.preprocess = io::json_get_or<std::string>(j, "preprocess", "", src);
   s.template_name = io::json_get_or<std::string>(j, "template", s.template_name, src);

@@ -17,6 +17,7 @@ struct VlmSpec {
   std::string vision;                  // ViT / CLIP folder
   std::string connector = "mlp2x_gelu";  // linear | mlp2x_gelu | identity
   int64_t feature_layer = -2;          // mm_vision_select_layer
+  std::string feature_norm;            // mm_feature_norm: "" | "standardize" (per-channel z-score, statistics from the training images)
   int64_t pool = 0;                    // mm_pool: > 0 average-pools the patch grid to pool x pool tokens before the projector
   std::string preprocess;              // clipN | llava_padN | imagenetN | vitN; empty: vision folder's config
   std::string template_name = "vicuna_v1";
