@@ -15,6 +15,14 @@
 namespace vadapt::vlm {
 namespace fs = std::filesystem;
 
+namespace {
+// Side of the square patch grid of n tokens (0 when n is not a square).
+int64_t square_side(int64_t n) {
+  const auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(n))));
+  return side * side == n ? side : 0;
+}
+}  // namespace
+
 VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device device)
     : spec_(spec), device_(device), template_(text::ChatTemplate::by_name(spec.template_name)) {
   auto dtype = io::dtype_from_name(spec.dtype, "dtype");
@@ -26,8 +34,7 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
     throw VadaptError(cat("preprocess ", pre_.describe(), " makes ", pre_.crop, " px images; the vision tower expects ",
                           tower_->image_size()));
   if (spec.pool > 0) {
-    const auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(tower_->num_patches()))));
-    if (side * side != tower_->num_patches() || spec.pool > side)
+    if (spec.pool > square_side(tower_->num_patches()))
       throw VadaptError(cat("mm_pool ", spec.pool, ": needs a square patch grid of at least that side (the tower has ", tower_->num_patches(),
                             " patches)"));
   }
@@ -63,7 +70,7 @@ torch::Tensor VisionLanguageModel::project(const torch::Tensor& features_in) {
   auto features = features_in.to(device_);  // cached features live on the CPU
   if (spec_.pool <= 0) return projector_(features);
   const int64_t m = features.size(0), n = features.size(1), c = features.size(2);
-  const auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(n))));
+  const int64_t side = square_side(n);
   auto grid = features.reshape({m, side, side, c}).permute({0, 3, 1, 2});                        // (M, C, s, s)
   auto pooled = torch::adaptive_avg_pool2d(grid, {spec_.pool, spec_.pool});                      // (M, C, g, g)
   return projector_(pooled.flatten(2).transpose(1, 2));                                          // (M, g*g, d)
