@@ -32,7 +32,7 @@ Result run_once(const train::Stage& st, bool cache, int64_t steps, const std::st
   data::LoadOptions lo;
   lo.format = st.data.format;
   lo.image_root = st.data.image_root;
-  auto samples = data::load_dataset(st.data.train, lo);
+  auto samples = data::load_dataset(st.data.train.at(0), lo);
   train::TrainConfig cfg = st.train;
   cfg.out_dir = out;
   cfg.log_every = 1000;
@@ -76,7 +76,8 @@ int main(int argc, char** argv) {
       if (pid == 0) {
         close(fds[0]);
         train::Stage st = recipe.stages[tune == "projector" ? 0 : 1];
-        st.spec.tune = tune;
+        st.spec.options["tune"] = tune;  // LLaVA's options as adapter_config.json spells them
+        if (tune == "lora" || tune == "qlora") st.spec.options.update({{"r", 8}, {"lora_alpha", 16}, {"lora_dropout", 0.0}});
         st.init_from.clear();
         auto tmp = std::filesystem::temp_directory_path() / ("vadapt-bench-" + std::to_string(getpid()));
         Result r = run_once(st, cache, steps, tmp.string());

@@ -203,11 +203,10 @@ vlm::VlmSpec TinyVlmWorld::spec(const std::string& tune) const {
   vlm::VlmSpec s;
   s.llm = llm;
   s.vision = clip;
-  s.connector = "mlp2x_gelu";
   s.preprocess = "clip32";
   s.template_name = "vicuna_v1";
-  s.tune = tune;
-  s.lora.lora = {4, 8, 0.0};
+  s.options = {{"mm_projector_type", "mlp2x_gelu"}, {"tune", tune}};
+  if (tune == "lora" || tune == "qlora") s.options.update({{"r", 4}, {"lora_alpha", 8}, {"lora_dropout", 0.0}});
   return s;
 }
 

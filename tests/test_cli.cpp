@@ -121,3 +121,53 @@ TEST(Cli, TwoDataParallelWorkersEqualOneWorkerWithTheSameGlobalBatch) {
   EXPECT_NE(bad.rc, 0);
   EXPECT_NE(bad.err.find("missing.json"), std::string::npos) << bad.err;
 }
+
+// Every command with method: llama_adapter_v1 and no method-specific code outside its files:
+// train (JSON result on stdout), generate --adapter with an image, eval, inspect --recipe,
+// import of the official key layout, and merge refusing with the reason.
+TEST(Cli, LlamaAdapterV1WorksWithEveryCommand) {
+  vadapt::test::TinyVlmWorld w;
+  TempDir tmp;
+  nlohmann::json r = {{"method", "llama_adapter_v1"},
+                      {"model", {{"llm", w.llm}, {"vision", w.clip}, {"preprocess", "clip32"}}},
+                      {"adapter", {{"prompt_len", 3}, {"layers", 2}, {"gate", "tanh"}}},
+                      {"visual", {{"taps", {1, 3}}, {"hidden", 16}}},
+                      {"feature_cache", "none"},
+                      {"stages",
+                       {{{"name", "sft"},
+                         {"template", "alpaca"},
+                         {"data", {{"train", w.data}, {"format", "llava"}}},
+                         {"train", {{"max_steps", 3}, {"batch_size", 4}, {"blr", 0.5}, {"beta2", 0.95}, {"schedule", "half_cosine"},
+                                    {"warmup_epochs", 0.5}, {"log_every", 1}}}}}}};
+  const std::string recipe = tmp.file("v1.json");
+  std::FILE* f = std::fopen(recipe.c_str(), "w");
+  std::fputs(r.dump(2).c_str(), f);
+  std::fclose(f);
+  auto t = run_cli("train --recipe " + recipe + " --out " + tmp.file("run"));
+  ASSERT_EQ(t.rc, 0) << t.err;
+  auto res = nlohmann::json::parse(t.out);
+  EXPECT_EQ(res[0]["trainable_parameters"].get<int64_t>(), 2 * 3 * 32 + 2 * 4 + (2 * 32 * 16 + 16 + 16 * 32 + 32));
+  EXPECT_NE(t.err.find("prompts K 3 in the top 2 layers"), std::string::npos) << t.err;
+  const std::string adapter = tmp.file("run/sft");
+  auto g = run_cli("generate --adapter " + adapter + " --image " + w.dir.file("img0.png") + " --prompt 'What colour?' --max-new-tokens 4");
+  EXPECT_EQ(g.rc, 0) << g.err;
+  auto gb = run_cli("generate --adapter " + adapter + " --image " + w.dir.file("img0.png") + " --prompt 'What colour?' --max-new-tokens 4 --num-beams 2");
+  EXPECT_EQ(gb.rc, 0) << gb.err;
+  auto e = run_cli("eval --task exact_match --data " + w.data + " --adapter " + adapter + " --limit 4 --no-feature-cache");
+  EXPECT_EQ(e.rc, 0) << e.err;
+  EXPECT_EQ(nlohmann::json::parse(e.out)["n"].get<int64_t>(), 4);
+  auto i = run_cli("inspect --recipe " + recipe);
+  ASSERT_EQ(i.rc, 0) << i.err;
+  EXPECT_EQ(nlohmann::json::parse(i.out)[0]["prompt_parameters"].get<int64_t>(), 2 * 3 * 32 + 2 * 4);
+  auto m = run_cli("merge --adapter " + adapter + " --out " + tmp.file("merged"));
+  EXPECT_NE(m.rc, 0);
+  EXPECT_NE(m.err.find("cannot be folded"), std::string::npos) << m.err;
+  // The trained file is in the official key layout: import reads it back as a new adapter.
+  auto im = run_cli("import --recipe " + recipe + " --weights " + adapter + "/adapter_model.safetensors --out " + tmp.file("imported"));
+  ASSERT_EQ(im.rc, 0) << im.err;
+  auto g2 = run_cli("generate --adapter " + tmp.file("imported") + " --image " + w.dir.file("img0.png") + " --prompt 'What colour?' --max-new-tokens 4");
+  EXPECT_EQ(g2.out, g.out);
+  auto bad = run_cli("train --recipe " + recipe + " --out " + tmp.file("x") + " --set adapter.layers=7");
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("layers"), std::string::npos) << bad.err;
+}

@@ -74,7 +74,7 @@ TEST(Synth, SameSeedSameBytesOtherSeedOtherBytes) {
   o.out = c.path();
   auto rep = data::write_synthetic_dataset(o);
   auto ta = read_tree(a.path()), tb = read_tree(b.path()), tc = read_tree(c.path());
-  EXPECT_EQ(ta.size(), 24u + 7u);  // images + 3 QA + 3 caption files + synth.json
+  EXPECT_EQ(ta.size(), 24u + 10u);  // images + 3 QA + 3 caption + 3 text-only instruction files + synth.json
   EXPECT_TRUE(ta == tb);
   EXPECT_FALSE(ta == tc);
   // The splits load with the LLaVA reader, every record with its question type.
@@ -83,6 +83,18 @@ TEST(Synth, SameSeedSameBytesOtherSeedOtherBytes) {
   EXPECT_EQ(static_cast<int64_t>(train.size()), rep.train);
   EXPECT_EQ(static_cast<int64_t>(test.size()), rep.test);
   for (const auto& s : train) EXPECT_FALSE(s.type.empty());
+  // The text-only instructions load with the Alpaca reader: no image, a type, an answer.
+  auto text = data::load_dataset(c.file("text_train.json"), {});
+  EXPECT_EQ(static_cast<int64_t>(text.size()), rep.text_train);
+  for (const auto& s : text) {
+    EXPECT_TRUE(s.image.empty());
+    EXPECT_TRUE(s.type == "first_word" || s.type == "last_word" || s.type == "word_count") << s.type;
+    ASSERT_EQ(s.conv.turns.size(), 2u);
+    const auto& input = s.conv.turns[0].text;
+    const auto list = input.substr(input.rfind('\n') + 1);
+    if (s.type == "first_word") EXPECT_EQ(list.substr(0, list.find(' ')), s.conv.turns[1].text);
+    if (s.type == "last_word") EXPECT_EQ(list.substr(list.rfind(' ') + 1), s.conv.turns[1].text);
+  }
   auto caps = data::load_dataset(c.file("train_captions.json"), {});
   EXPECT_FALSE(caps.empty());
 }

@@ -17,6 +17,7 @@
 #include "train/recipe.h"
 #include "train/trainer.h"
 #include "vision/image.h"
+#include "methods/llava.h"
 #include "vlm/vision_language_model.h"
 
 using namespace vadapt;
@@ -29,10 +30,13 @@ using World = vadapt::test::TinyVlmWorld;
 
 torch::Tensor logits_of(vlm::VisionLanguageModel& m, const vlm::Batch& b) {
   torch::NoGradGuard ng;
-  auto img = m.project(m.vision_features(b.pixels));
+  auto in = m.prepare(b);
   model::ForwardContext ctx;
-  return m.lm()->logits(m.lm()->forward_embeds(m.embed(b.ids, img), ctx));
+  if (!in.state.empty()) ctx.adapter_state = &in.state;
+  return m.lm()->logits(m.lm()->forward_embeds(in.embeds, ctx));
 }
+
+methods::Llava& llava(vlm::VisionLanguageModel& m) { return m.method_as<methods::Llava>(); }
 
 vlm::Batch first_batch(vlm::VisionLanguageModel& m, const std::vector<data::Sample>& s) {
   auto e = text::encode_segments(m.tokenizer(), m.chat_template().segments(s[0].conv, false), m.image_tokens());
@@ -149,13 +153,14 @@ TEST(Recipe, ParameterCountsFromConfigsAloneMatchTheGoldenNumbers) {
   vlm::VlmSpec s;
   s.llm = tmp.file("llm");
   s.vision = tmp.file("clip");
-  s.connector = "linear";
+  s.options["mm_projector_type"] = "linear";
   EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["connector_parameters"].get<int64_t>(), 4198400);
-  s.connector = "mlp2x_gelu";
+  s.options["mm_projector_type"] = "mlp2x_gelu";
   EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["connector_parameters"].get<int64_t>(), 20979712);
   EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["llm_parameters"].get<int64_t>(), 6738415616);  // LLaMA-7B
-  s.tune = "lora";
-  s.lora.lora.r = 16;
+  s.options["tune"] = "lora";
+  s.options["r"] = 16;
+  s.options["lora_alpha"] = 32;
   EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["lora_parameters"].get<int64_t>(), 39976960);  // r16, 7 linears
 }
 
@@ -171,7 +176,7 @@ TEST(Recipe, UnknownKeysAndBadValuesAreNamed) {
   io::write_text_atomic(tmp.file("r.yaml"), "model: {llm: a, vision: b}\ndata: {train: t.json}\nstages:\n  - name: s1\n    tune: half\n");
   EXPECT_THROW(train::load_recipe(tmp.file("r.yaml"), {}), VadaptError);
   auto r = train::load_recipe(tmp.file("r.yaml"), {"stages.0.tune=lora", "train.lr=0.5"});
-  EXPECT_EQ(r.stages[0].spec.tune, "lora");
+  EXPECT_EQ(r.stages[0].spec.options["tune"], "lora");
   EXPECT_DOUBLE_EQ(r.stages[0].train.lr, 0.5);
   io::write_text_atomic(tmp.file("bad.yaml"), "model: [unclosed\n");
   EXPECT_THROW(train::load_recipe(tmp.file("bad.yaml"), {}), VadaptError);
@@ -186,11 +191,11 @@ TEST(Lora, ZeroInitEqualsBaseAndMergeEqualsUnmerged) {
   EXPECT_TRUE(tensors_close(logits_of(lora, b), logits_of(base, b), 0.0));  // B = 0 and the same projector seed
   {
     torch::NoGradGuard ng;
-    for (auto& [name, l] : lora.adapters()->loras()) l->B.normal_(0, 0.05);
+    for (auto& [name, l] : llava(lora).adapters()->loras()) l->B.normal_(0, 0.05);
   }
   auto unmerged = logits_of(lora, b);
   EXPECT_FALSE(tensors_close(unmerged, logits_of(base, b), 1e-6));
-  lora.adapters()->merge_into(*lora.lm());
+  llava(lora).adapters()->merge_into(*lora.lm());
   EXPECT_TRUE(tensors_close(logits_of(lora, b), unmerged, 1e-5));
 }
 
@@ -205,7 +210,7 @@ TEST(Trainer, OneStepChangesOnlyTrainableTensorsAndSaveLoadIsBitwise) {
   for (const auto& [k, v] : m.trainable_state()) train_before[k] = v.clone();
   {
     torch::NoGradGuard ng;
-    for (auto& [name, l] : m.adapters()->loras()) l->B.normal_(0, 0.01);  // so LoRA A gets gradients too
+    for (auto& [name, l] : llava(m).adapters()->loras()) l->B.normal_(0, 0.01);  // so LoRA A gets gradients too
     for (const auto& [k, v] : m.trainable_state()) train_before[k] = v.clone();
   }
   TempDir out;
@@ -244,7 +249,7 @@ TEST(Trainer, ResumeContinuesTheSameLossCurveBitwise) {
   cfg.seed = 3;
   cfg.log_every = 1;
   auto spec = w.spec("lora");
-  spec.lora.lora.dropout = 0.1;  // the dropout RNG must be restored too
+  spec.options["lora_dropout"] = 0.1;  // the dropout RNG must be restored too
   TempDir a, b;
   vlm::VisionLanguageModel ma(spec);
   cfg.out_dir = a.path();
@@ -308,10 +313,10 @@ TEST(QLora, ZeroInitEqualsTheQuantisedBaseAndMergeEqualsUnmerged) {
   EXPECT_EQ(nf4, 2 * 7);  // every linear of both layers; lm_head and embeddings stay dense
   {
     torch::NoGradGuard ng;
-    for (auto& [name, l] : q.adapters()->loras()) l->B.normal_(0, 0.05);
+    for (auto& [name, l] : llava(q).adapters()->loras()) l->B.normal_(0, 0.05);
   }
   auto unmerged = logits_of(q, b);
-  q.adapters()->merge_into(*q.lm());
+  llava(q).adapters()->merge_into(*q.lm());
   EXPECT_TRUE(tensors_close(logits_of(q, b), unmerged, 1e-5));
 }
 
@@ -463,7 +468,7 @@ TEST(Peft, LoraFoldersLoadAndEqualTheHandMergedModel) {
 TEST(Connector, PoolAveragesPatchBlocksBeforeTheProjector) {
   World w;
   auto spec = w.spec("projector");
-  spec.pool = 2;
+  spec.options["mm_pool"] = 2;
   vlm::VisionLanguageModel m(spec);
   EXPECT_EQ(m.image_tokens(), 4);
   torch::NoGradGuard ng;
@@ -475,17 +480,17 @@ TEST(Connector, PoolAveragesPatchBlocksBeforeTheProjector) {
   for (int64_t by = 0; by < 2; ++by)
     for (int64_t bx = 0; bx < 2; ++bx) blocks.push_back(grid.narrow(0, by * half, half).narrow(1, bx * half, half).mean(std::vector<int64_t>{0, 1}));
   vlm::VlmSpec unpooled = spec;
-  unpooled.pool = 0;
+  unpooled.options["mm_pool"] = 0;
   vlm::VisionLanguageModel plain(unpooled);  // same seed: the same projector
-  auto expected = plain.project(torch::stack(blocks).unsqueeze(0));
-  EXPECT_TRUE(tensors_close(m.project(feats), expected, 1e-6, 1e-6));
+  auto expected = llava(plain).project(torch::stack(blocks).unsqueeze(0));
+  EXPECT_TRUE(tensors_close(llava(m).project(feats), expected, 1e-6, 1e-6));
   auto samples = data::load_dataset(w.data, {});
   auto b = first_batch(m, samples);
   EXPECT_EQ(b.ids.eq(text::kImageToken).sum().item<int64_t>(), 4);
   TempDir out;
   m.save_adapter(out.path());
   EXPECT_EQ(vlm::load_vlm_checkpoint(out.path())->image_tokens(), 4);
-  spec.pool = 100;
+  spec.options["mm_pool"] = 100;
   EXPECT_THROW(vlm::VisionLanguageModel bad(spec), VadaptError);
 }
 
@@ -540,24 +545,24 @@ TEST(Trainer, Bf16AutocastOnCpuKeepsFp32WeightsAndPlotIsWritten) {
 TEST(Connector, StandardizeUsesTrainingStatisticsAndTravelsWithTheAdapter) {
   World w;
   auto spec = w.spec("projector");
-  spec.feature_norm = "standardize";
+  spec.options["mm_feature_norm"] = "standardize";
   vlm::VisionLanguageModel m(spec);
   std::vector<std::string> imgs;
   for (int i = 0; i < 8; ++i) imgs.push_back(w.dir.file("img" + std::to_string(i) + ".png"));
-  m.init_feature_stats(imgs);
+  llava(m).init_feature_stats(m, imgs);
   torch::NoGradGuard ng;
   auto feats = m.image_features(imgs);                               // (8, N, C)
   auto flat = feats.reshape({-1, feats.size(-1)}).to(torch::kFloat64);
   auto mean = flat.mean(0), sd = flat.std(0, /*unbiased=*/false).clamp_min(1e-6);
   vlm::VlmSpec plain_spec = spec;
-  plain_spec.feature_norm = "";
+  plain_spec.options["mm_feature_norm"] = "";
   vlm::VisionLanguageModel plain(plain_spec);  // same seed: the same projector weights
   auto z = ((feats.to(torch::kFloat64) - mean) / sd).to(torch::kFloat32);
-  EXPECT_TRUE(tensors_close(m.project(feats), plain.project(z), 1e-4, 1e-4));
-  for (const auto& [group, params] : m.trainable_groups())
-    for (const auto& p : params) EXPECT_TRUE(p.requires_grad()) << group;  // the statistics are not optimised
+  EXPECT_TRUE(tensors_close(llava(m).project(feats), llava(plain).project(z), 1e-4, 1e-4));
+  for (const auto& group : m.trainable_groups())
+    for (const auto& p : group.params) EXPECT_TRUE(p.requires_grad()) << group.name;  // the statistics are not optimised
   TempDir out;
   m.save_adapter(out.path());
   auto back = vlm::load_vlm_checkpoint(out.path());
-  EXPECT_TRUE(vadapt::test::tensors_equal(back->project(feats), m.project(feats)));
+  EXPECT_TRUE(vadapt::test::tensors_equal(llava(*back).project(feats), llava(m).project(feats)));
 }

@@ -73,12 +73,52 @@ Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t ind
   return s;
 }
 
-std::vector<Sample> load_llava(const std::string& path, const LoadOptions& o, LoadReport& rep) {
+constexpr const char* kAlpacaInputSystem =
+    "Below is an instruction that describes a task, paired with an input that provides further context. Write a response that "
+    "appropriately completes the request.";
+
+// Alpaca: {instruction, input?, output} (+ optional id, type, image). With an input, the system
+// line is Alpaca's "paired with an input" form and the user turn carries "### Input:".
+Sample parse_alpaca(const nlohmann::json& r, const std::string& file, int64_t index, const std::string& root) {
+  if (!r.is_object()) bad(file, index, "", "must be an object");
+  auto str = [&](const char* key, bool required) {
+    auto it = r.find(key);
+    if (it == r.end() || it->is_null()) {
+      if (required) bad(file, index, key, "missing string");
+      return std::string();
+    }
+    if (!it->is_string()) bad(file, index, key, "must be a string");
+    return it->get<std::string>();
+  };
+  Sample s;
+  auto id = r.find("id");
+  s.id = id != r.end() ? (id->is_string() ? id->get<std::string>() : id->dump()) : std::to_string(index);
+  s.type = str("type", false);
+  s.image = resolve(root, str("image", false));
+  std::string user = str("instruction", true), input = str("input", false), output = str("output", true);
+  if (!input.empty()) {
+    user += "\n\n### Input:\n" + input;
+    s.conv.system = kAlpacaInputSystem;
+  }
+  if (!s.image.empty() && user.find(text::kImageTag) == std::string::npos) user = std::string(text::kImageTag) + "\n" + user;
+  s.conv.turns = {{"user", user}, {"assistant", output}};
+  return s;
+}
+
+bool looks_like_alpaca(const nlohmann::json& j) {
+  return j.is_array() && !j.empty() && j[0].is_object() && j[0].contains("instruction") && !j[0].contains("conversations");
+}
+
+std::vector<Sample> load_llava(const std::string& path, const LoadOptions& o, LoadReport& rep, bool alpaca) {
   auto j = io::read_json(path);
-  if (!j.is_array()) raise(path, "", "expected a JSON list of records (LLaVA conversation format)");
+  if (!j.is_array()) raise(path, "", alpaca ? "expected a JSON list of Alpaca records" : "expected a JSON list of records (LLaVA conversation format)");
+  alpaca = alpaca || looks_like_alpaca(j);
   std::vector<Sample> out;
   for (size_t i = 0; i < j.size(); ++i)
-    guarded(o, rep, [&] { out.push_back(parse_llava(j[i], path, static_cast<int64_t>(i), o.image_root)); });
+    guarded(o, rep, [&] {
+      const auto idx = static_cast<int64_t>(i);
+      out.push_back(alpaca ? parse_alpaca(j[i], path, idx, o.image_root) : parse_llava(j[i], path, idx, o.image_root));
+    });
   return out;
 }
 
@@ -222,11 +262,11 @@ std::vector<Sample> load_dataset(const std::string& path, const LoadOptions& opt
   }
   LoadReport rep;
   std::vector<Sample> out;
-  if (fmt == "llava") out = load_llava(path, o, rep);
+  if (fmt == "llava" || fmt == "alpaca") out = load_llava(path, o, rep, fmt == "alpaca");
   else if (fmt == "coco") out = load_coco(path, o, rep);
   else if (fmt == "jsonl") out = load_jsonl(path, o, rep);
   else if (fmt == "scienceqa") out = load_scienceqa(path, o, rep);
-  else raise(path, "format", "unknown dataset format '", fmt, "' (llava, coco, jsonl, scienceqa)");
+  else raise(path, "format", "unknown dataset format '", fmt, "' (llava, alpaca, coco, jsonl, scienceqa)");
   if (o.check_images) {
     std::vector<std::string> missing;
     std::vector<Sample> kept;

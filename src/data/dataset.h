@@ -1,6 +1,8 @@
 // Training / evaluation data as conversations with an optional image:
 //  llava    LLaVA conversation JSON: [{id, image?, conversations: [{from: human|gpt, value}]}]
 //           (ScienceQA in LLaVA's llava_test_CQM-A.json form is this format too)
+//  alpaca   Alpaca instruction JSON: [{instruction, input?, output, image?}] (found by content in a
+//           .json file too); text-only unless a record names an image
 //  coco     COCO captions annotations/captions_*.json: one sample per caption
 //  jsonl    one {"image": ..., "text": ...} per line (a caption per image)
 //  scienceqa  the original ScienceQA problems.json + pid_splits.json beside it (LoadOptions::

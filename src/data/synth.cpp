@@ -188,6 +188,44 @@ std::vector<SynthQuestion> questions_of(const SynthScene& s) {
           {"position", "Where is the " + c.color + " " + c.shape + "?", c.position}};
 }
 
+// Text-only instructions in the Alpaca format (for text-only and mixed-modality recipes): a list
+// of 2-5 words and one of three questions about it (its first word, its last word, how many
+// words), from an RNG stream of its own so the visual task's bytes do not depend on it.
+void write_text_instructions(const SynthOptions& o, SynthReport& rep) {
+  using ojson = nlohmann::ordered_json;
+  SynthRng rng(o.seed ^ 0x7e57ull);
+  std::vector<std::string> vocab = synth_words();
+  for (const auto& c : synth_colors()) vocab.push_back(c);
+  for (const auto& c : synth_shapes()) vocab.push_back(c);
+  const char* counts[] = {"zero", "one", "two", "three", "four", "five"};
+  std::map<std::string, ojson> out;
+  for (const char* split : {"train", "val", "test"}) out[split] = ojson::array();
+  const int64_t n = 2 * o.n;
+  const int64_t n_test = static_cast<int64_t>(std::llround(n * o.test_fraction)), n_val = static_cast<int64_t>(std::llround(n * o.val_fraction));
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string split = i < n_test ? "test" : i < n_test + n_val ? "val" : "train";
+    const int64_t len = 2 + rng.below(4);
+    std::vector<std::string> words;
+    std::string list;
+    for (int64_t k = 0; k < len; ++k) {
+      words.push_back(vocab[static_cast<size_t>(rng.below(static_cast<int64_t>(vocab.size())))]);
+      list += (k ? " " : "") + words.back();
+    }
+    const int64_t kind = rng.below(3);
+    const std::string type = kind == 0 ? "first_word" : kind == 1 ? "last_word" : "word_count";
+    const std::string instruction = kind == 0 ? "What is the first word of the list?"
+                                    : kind == 1 ? "What is the last word of the list?"
+                                                : "How many words are in the list?";
+    const std::string answer = kind == 0 ? words.front() : kind == 1 ? words.back() : counts[len];
+    char id[32];
+    std::snprintf(id, sizeof id, "t%05ld", static_cast<long>(i));
+    out[split].push_back({{"id", id}, {"type", type}, {"instruction", instruction}, {"input", list}, {"output", answer}});
+  }
+  for (const char* split : {"train", "val", "test"})
+    io::write_text_atomic((fs::path(o.out) / ("text_" + std::string(split) + ".json")).string(), out[split].dump(1));
+  rep.text_train = static_cast<int64_t>(out["train"].size());
+}
+
 SynthReport write_synthetic_dataset(const SynthOptions& o) {
   if (o.out.empty()) throw VadaptError("synth: --out is required");
   if (o.n <= 0) throw VadaptError(cat("synth: --n must be positive, got ", o.n));
@@ -235,6 +273,7 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
     io::write_text_atomic((fs::path(o.out) / (std::string(split) + ".json")).string(), qa[split].dump(1));
     io::write_text_atomic((fs::path(o.out) / (std::string(split) + "_captions.json")).string(), caps[split].dump(1));
   }
+  write_text_instructions(o, rep);
   rep.train = static_cast<int64_t>(qa["train"].size());
   rep.val = static_cast<int64_t>(qa["val"].size());
   rep.test = static_cast<int64_t>(qa["test"].size());

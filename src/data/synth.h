@@ -49,6 +49,7 @@ struct SynthOptions {
 struct SynthReport {
   int64_t images = 0;
   int64_t train = 0, val = 0, test = 0;  // question/answer samples per split
+  int64_t text_train = 0;                // text-only instructions (text_train.json)
   // The first colour question of the test split (for a demo): image path, question, answer.
   std::string example_image, example_question, example_answer;
 };
@@ -78,7 +79,9 @@ std::vector<SynthQuestion> questions_of(const SynthScene& scene);
 
 // Writes images/NNNNN.png, train.json / val.json / test.json (question/answer, LLaVA format with
 // a "type" field), train_captions.json / val_captions.json (stage-1 captions, LLaVA format) and
-// synth.json (options and counts) under opts.out.
+// text_train.json / text_val.json / text_test.json (text-only instructions, Alpaca format with
+// a "type" field: first_word | last_word | word_count) and synth.json (options and counts) under
+// opts.out.
 SynthReport write_synthetic_dataset(const SynthOptions& opts);
 
 }  // namespace vadapt::data

@@ -15,6 +15,7 @@
 #include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "train/trainer.h"
+#include "vlm/pipeline.h"
 
 namespace vadapt::eval {
 namespace fs = std::filesystem;
@@ -41,7 +42,6 @@ std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vect
                                     int64_t max_new_tokens, int64_t* too_long) {
   torch::NoGradGuard ng;
   m.train_mode(false);
-  generate::Generator gen(m.lm());
   generate::GenerateOptions go;
   go.max_new_tokens = max_new_tokens;
   go.sampling.temperature = 0;
@@ -52,33 +52,25 @@ std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vect
   const int64_t context = m.lm()->config().max_position_embeddings;
   for (size_t i = 0; i < qs.size(); i += static_cast<size_t>(batch)) {
     const size_t end = std::min(qs.size(), i + static_cast<size_t>(batch));
-    std::vector<std::vector<int64_t>> prompts;
+    std::vector<text::EncodedPrompt> prompts;
     std::vector<std::string> images;
     std::vector<size_t> rows;  // queries of this batch that fit
     for (size_t j = i; j < end; ++j) {
-      text::Conversation conv;
-      conv.turns.push_back({"user", qs[j].question});
-      auto enc = text::encode_segments(m.tokenizer(), m.chat_template().segments(conv, true), m.image_tokens());
-      if (enc.num_images != (qs[j].image.empty() ? 0 : 1))
-        throw VadaptError(cat("sample ", qs[j].id, ": the prompt must hold exactly one <image> when the sample has an image"));
+      vlm::Query q{qs[j].id, {}, qs[j].image};
+      q.conv.turns.push_back({"user", qs[j].question});
+      auto enc = vlm::encode_query(m, q);
       if (static_cast<int64_t>(enc.ids.size()) + max_new_tokens > context) {
         ++*too_long;
         continue;
       }
       rows.push_back(j);
-      prompts.push_back(std::move(enc.ids));
-      if (!qs[j].image.empty()) images.push_back(qs[j].image);
+      prompts.push_back(std::move(enc));
+      images.push_back(qs[j].image);
     }
     out.resize(end);
     if (!prompts.empty()) {
-      auto [ids, mask] = generate::left_pad(prompts, m.tokenizer().pad_id());
-      torch::Tensor img;
-      if (!images.empty()) img = m.project(m.image_features(images));  // (M, N, d)
-      auto x = m.embed(ids, img);                                        // (B, T, d)
-      auto res = gen.generate_embeds(x, mask, go);
-      for (size_t r = 0; r < rows.size(); ++r) {
-        out[rows[r]] = strip(m.tokenizer().decode(res.tokens[r]));
-      }
+      auto res = vlm::answer(m, prompts, images, go);
+      for (size_t r = 0; r < rows.size(); ++r) out[rows[r]] = strip(m.tokenizer().decode(res.tokens[r]));
       generated += res.generated_tokens;
     }
     const double s = sw.seconds();

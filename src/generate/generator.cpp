@@ -38,7 +38,7 @@ GenerateResult Generator::generate(const std::vector<std::vector<int64_t>>& prom
   return generate_embeds(embeds, padded ? mask : torch::Tensor(), opts, on_token);
 }
 
-GenerateResult Generator::beam_search(const torch::Tensor& embeds, const GenerateOptions& opts) {
+GenerateResult Generator::beam_search(const torch::Tensor& embeds, const GenerateOptions& opts, const model::AdapterState* state_in) {
   torch::NoGradGuard ng;
   const int64_t nb = opts.num_beams, t = embeds.size(1);
   if (embeds.size(0) != 1) throw VadaptError("beam search takes one prompt at a time");
@@ -52,6 +52,12 @@ GenerateResult Generator::beam_search(const torch::Tensor& embeds, const Generat
   model::KVCache cache = lm_->make_cache(nb, t + std::max<int64_t>(opts.max_new_tokens, 1));
   model::ForwardContext ctx;
   ctx.cache = &cache;
+  model::AdapterState state;
+  if (state_in && !state_in->empty()) {
+    state = *state_in;
+    state.select_rows(torch::zeros({nb}, torch::kInt64));  // every beam starts from the one prompt
+    ctx.adapter_state = &state;
+  }
   GenerateResult res;
   res.tokens.resize(1);
   res.prompt_tokens = t;
@@ -105,6 +111,7 @@ GenerateResult Generator::beam_search(const torch::Tensor& embeds, const Generat
     }
     if (step + 1 == opts.max_new_tokens) break;
     cache.select_rows(torch::tensor(src_rows, torch::kInt64).to(lm_->device()));
+    if (ctx.adapter_state) state.select_rows(torch::tensor(src_rows, torch::kInt64));
     auto x = lm_->embed(torch::tensor(next_tokens, torch::kInt64).view({nb, 1}));  // (nb, 1, d)
     logp = torch::log_softmax(lm_->logits(lm_->forward_embeds(x, ctx)).select(1, 0).to(torch::kFloat32), -1).cpu();
     ++res.decode_steps;
@@ -121,10 +128,10 @@ GenerateResult Generator::beam_search(const torch::Tensor& embeds, const Generat
 }
 
 GenerateResult Generator::generate_embeds(const torch::Tensor& embeds, const torch::Tensor& key_mask,
-                                          const GenerateOptions& opts, const TokenCallback& on_token) {
+                                          const GenerateOptions& opts, const TokenCallback& on_token, const model::AdapterState* state) {
   if (opts.num_beams > 1) {
     if (key_mask.defined()) throw VadaptError("beam search takes one unpadded prompt at a time");
-    auto r = beam_search(embeds, opts);
+    auto r = beam_search(embeds, opts, state);
     if (on_token)
       for (auto id : r.tokens[0]) on_token(0, id);
     return r;
@@ -141,6 +148,11 @@ GenerateResult Generator::generate_embeds(const torch::Tensor& embeds, const tor
   model::KVCache cache = lm_->make_cache(b, t + std::max<int64_t>(opts.max_new_tokens, 1));
   model::ForwardContext ctx;
   ctx.cache = &cache;
+  model::AdapterState adapter_state;
+  if (state && !state->empty()) {
+    adapter_state = *state;
+    ctx.adapter_state = &adapter_state;
+  }
   torch::Tensor mask;   // (B, S) running key mask, only when padded
   torch::Tensor next_pos;  // (B, 1)
   if (key_mask.defined()) {

@@ -43,11 +43,13 @@ class Generator {
 
   GenerateResult generate(const std::vector<std::vector<int64_t>>& prompts, const GenerateOptions& opts,
                           const TokenCallback& on_token = {});
-  // embeds (B, T, d) already left-padded; key_mask (B, T) 1 = real, or undefined.
+  // embeds (B, T, d) already left-padded; key_mask (B, T) 1 = real, or undefined; state: the
+  // adapters' per-sample state (B rows), or null.
   GenerateResult generate_embeds(const torch::Tensor& embeds, const torch::Tensor& key_mask, const GenerateOptions& opts,
-                                 const TokenCallback& on_token = {});
-  // Beam search for one prompt (embeds (1, T, d)); returns the best finished hypothesis.
-  GenerateResult beam_search(const torch::Tensor& embeds, const GenerateOptions& opts);
+                                 const TokenCallback& on_token = {}, const model::AdapterState* state = nullptr);
+  // Beam search for one prompt (embeds (1, T, d)); returns the best finished hypothesis. The
+  // adapter state is expanded to the beams and reordered with them.
+  GenerateResult beam_search(const torch::Tensor& embeds, const GenerateOptions& opts, const model::AdapterState* state = nullptr);
 
  private:
   model::LlamaForCausalLM lm_;

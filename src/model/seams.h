@@ -8,7 +8,9 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace vadapt::model {
@@ -16,12 +18,31 @@ namespace vadapt::model {
 class KVCache;
 class ProjectionImpl;
 
+// Per-sample state of the adapters for one sequence batch, alive from prefill to the last decode
+// step. Every tensor has the batch as its first dimension, so beam search can reorder it.
+struct AdapterState {
+  torch::Tensor condition;  // (B, ...) per-sample conditioning (LLaMA-Adapter V1: the visual token (B, d))
+  torch::Tensor modality;   // (B,) per-sample modality flags for routed adapters
+  // State an adapter computes at prefill and reuses at decode ("layer.3.route" -> (B, ...)).
+  std::map<std::string, torch::Tensor> kept;
+  bool empty() const { return !condition.defined() && !modality.defined() && kept.empty(); }
+  // Keeps the rows in `index` (B',) of every tensor (beam search; expanding one prompt to n beams).
+  void select_rows(const torch::Tensor& index) {
+    auto pick = [&](torch::Tensor& t) {
+      if (t.defined()) t = t.index_select(0, index.to(t.device()));
+    };
+    pick(condition);
+    pick(modality);
+    for (auto& kv : kept) pick(kv.second);
+  }
+};
+
 // Per-call state threaded through a forward pass.
 struct ForwardContext {
   KVCache* cache = nullptr;      // null: no cache; keys are exactly this call's tokens
   torch::Tensor position_ids;    // (B, T) int64; undefined: past_length + arange(T)
   torch::Tensor attention_mask;  // (B, S) 1 = real token over past + current keys; undefined: all real
-  torch::Tensor modality;        // (B,) optional per-sample modality flags for routed adapters
+  AdapterState* adapter_state = nullptr;  // null: no per-sample adapter state
 };
 
 class ProjectionAdapter {
@@ -33,8 +54,8 @@ class ProjectionAdapter {
 
 // What an attention-prefix adapter may see of the frozen attention layer.
 struct AttentionView {
-  const ProjectionImpl& k_proj;
-  const ProjectionImpl& v_proj;
+  ProjectionImpl& k_proj;  // the frozen projections (adapters on them run in forward(), not in base_forward())
+  ProjectionImpl& v_proj;
   int64_t num_heads;
   int64_t num_kv_heads;
   int64_t head_dim;

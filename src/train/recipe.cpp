@@ -2,6 +2,8 @@
 #include "train/recipe.h"
 
 #include "train/precision.h"
+#include "methods/method.h"
+#include "methods/registry.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -91,16 +93,6 @@ void get_into(const nlohmann::json* j, const char* key, T& out, const std::strin
   if (j && j->contains(key) && !(*j)[key].is_null()) out = io::json_get<T>(*j, key, where);
 }
 
-void check_keys(const nlohmann::json& j, const std::vector<std::string>& allowed, const std::string& where) {
-  if (!j.is_object()) raise(where, "", "must be a mapping");
-  for (auto it = j.begin(); it != j.end(); ++it)
-    if (std::find(allowed.begin(), allowed.end(), it.key()) == allowed.end()) {
-      std::string list;
-      for (const auto& a : allowed) list += (list.empty() ? "" : ", ") + a;
-      raise(where, it.key(), "unknown key (expected one of: ", list, ")");
-    }
-}
-
 }  // namespace
 
 std::string default_feature_cache_dir() {
@@ -145,50 +137,60 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   r.raw = yaml_file_to_json(path);
   for (const auto& o : overrides) apply_override(r.raw, o, "--set");
   const auto& top = r.raw;
-  check_keys(top, {"method", "model", "stages", "train", "data", "lora", "description", "feature_cache"}, path);
+  if (!top.is_object()) raise(path, "", "a recipe must be a mapping");
   if (!top.contains("stages") || !top["stages"].is_array() || top["stages"].empty())
     raise(path, "stages", "a recipe needs a non-empty list of stages");
-  std::string method = io::json_get_or<std::string>(top, "method", "llava", path);
+  const std::string method_name = io::json_get_or<std::string>(top, "method", "llava", path);
+  auto method = methods::create(method_name, path + ": method");
+  // The generic keys; everything else at the top level, in the model section and in a stage is
+  // the method's own section (its parser rejects what it does not know).
+  const std::vector<std::string> top_keys = {"method", "model", "stages", "train", "data", "description", "feature_cache"};
+  const std::vector<std::string> model_keys = {"llm", "vision", "preprocess", "template", "dtype", "seed"};
+  const std::vector<std::string> stage_keys = {"name", "template", "data", "train", "model", "init_from", "feature_cache"};
+  auto is_in = [](const std::vector<std::string>& keys, const std::string& k) { return std::find(keys.begin(), keys.end(), k) != keys.end(); };
   for (size_t i = 0; i < top["stages"].size(); ++i) {
     const auto& sj = top["stages"][i];
     std::string where = cat(path, " stages[", i, "]");
-    check_keys(sj, {"name", "tune", "template", "data", "train", "lora", "model", "init_from", "feature_cache"}, where);
+    if (!sj.is_object()) raise(where, "", "must be a mapping");
     Stage st;
     st.name = io::json_get_or<std::string>(sj, "name", cat("stage", i + 1), where);
     vlm::VlmSpec& s = st.spec;
-    s.method = method;
+    s.method = method_name;
     const nlohmann::json* model = pick(sj, top, "model");
     if (!model) raise(path, "model", "missing section with llm and vision folders");
-    check_keys(*model, {"llm", "vision", "connector", "feature_layer", "pool", "feature_norm", "preprocess", "template", "dtype", "seed"}, path + " model");
+    if (!model->is_object()) raise(path, "model", "must be a mapping");
+    nlohmann::json section = nlohmann::json::object();
+    for (const auto& [k, v] : top.items())
+      if (!is_in(top_keys, k)) section[k] = v;
+    for (const auto& [k, v] : model->items())
+      if (!is_in(model_keys, k)) section[k] = v;
+    for (const auto& [k, v] : sj.items())
+      if (!is_in(stage_keys, k)) section[k] = v;
     s.llm = expand_vars(io::json_get<std::string>(*model, "llm", path + " model"));
-    s.vision = expand_vars(io::json_get<std::string>(*model, "vision", path + " model"));
-    get_into(model, "connector", s.connector, path + " model");
-    get_into(model, "feature_layer", s.feature_layer, path + " model");
-    get_into(model, "pool", s.pool, path + " model");
-    get_into(model, "feature_norm", s.feature_norm, path + " model");
-    if (!s.feature_norm.empty() && s.feature_norm != "standardize")
-      raise(path + " model", "feature_norm", "expected standardize (or leave it out), got '", s.feature_norm, "'");
+    s.vision = expand_vars(io::json_get_or<std::string>(*model, "vision", "", path + " model"));
     get_into(model, "preprocess", s.preprocess, path + " model");
     get_into(model, "template", s.template_name, path + " model");
     get_into(model, "dtype", s.dtype, path + " model");
     get_into(model, "seed", s.seed, path + " model");
     get_into(&sj, "template", s.template_name, where);
-    s.tune = io::json_get_or<std::string>(sj, "tune", "projector", where);
-    if (s.tune != "projector" && s.tune != "lora" && s.tune != "qlora" && s.tune != "full")
-      raise(where, "tune", "expected projector, lora, qlora or full, got '", s.tune, "'");
-    if (const auto* l = pick(sj, top, "lora")) {
-      check_keys(*l, {"r", "alpha", "dropout", "target_modules"}, where + " lora");
-      get_into(l, "r", s.lora.lora.r, where + " lora");
-      get_into(l, "alpha", s.lora.lora.alpha, where + " lora");
-      get_into(l, "dropout", s.lora.lora.dropout, where + " lora");
-      get_into(l, "target_modules", s.lora.target_modules, where + " lora");
-    }
+    s.options = method->parse_recipe(section, cat(where, " (", method_name, ")"));
     const nlohmann::json* d = pick(sj, top, "data");
     if (!d) raise(where, "data", "missing section (train, val, format, image_root, limit)");
-    check_keys(*d, {"train", "val", "format", "image_root", "limit", "val_limit", "skip_bad", "split_every"}, where + " data");
+    methods::check_keys(*d, {"train", "val", "format", "image_root", "limit", "val_limit", "skip_bad", "split_every"}, where + " data");
     get_into(d, "split_every", st.data.split_every, where + " data");
-    st.data.train = expand_vars(io::json_get<std::string>(*d, "train", where + " data"));
-    if (d->contains("val")) st.data.val = expand_vars(io::json_get<std::string>(*d, "val", where + " data"));
+    // One file or a list (mixed data in one run: e.g. image instructions + text-only Alpaca).
+    auto files = [&](const char* key) {
+      std::vector<std::string> out;
+      if (!d->contains(key) || (*d)[key].is_null()) return out;
+      if ((*d)[key].is_array()) out = io::json_get<std::vector<std::string>>(*d, key, where + " data");
+      else out.push_back(io::json_get<std::string>(*d, key, where + " data"));
+      if (out.empty()) raise(where + " data", key, "an empty list of files");
+      for (auto& f : out) f = expand_vars(f);
+      return out;
+    };
+    if (!d->contains("train")) raise(where + " data", "train", "missing: the training file (or a list of files)");
+    st.data.train = files("train");
+    st.data.val = files("val");
     get_into(d, "format", st.data.format, where + " data");
     if (d->contains("image_root")) st.data.image_root = expand_vars(io::json_get<std::string>(*d, "image_root", where + " data"));
     get_into(d, "limit", st.data.limit, where + " data");
@@ -198,8 +200,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     for (const nlohmann::json* tj : {top.contains("train") ? &top["train"] : nullptr, sj.contains("train") ? &sj["train"] : nullptr}) {
       if (!tj) continue;
       std::string w = where + " train";
-      check_keys(*tj, {"epochs", "max_steps", "batch_size", "grad_accum", "lr", "blr", "lr_projector", "weight_decay", "beta1",
-                       "beta2", "eps", "max_grad_norm", "warmup_ratio", "schedule", "max_seq_len", "seed", "log_every",
+      methods::check_keys(*tj, {"epochs", "max_steps", "batch_size", "grad_accum", "lr", "blr", "lr_projector", "weight_decay", "beta1",
+                       "beta2", "eps", "max_grad_norm", "warmup_ratio", "warmup_epochs", "schedule", "max_seq_len", "seed", "log_every",
                        "save_every", "keep_last", "eval_every", "eval_batches", "precision", "plot"}, w);
       get_into(tj, "epochs", t.epochs, w);
       get_into(tj, "max_steps", t.max_steps, w);
@@ -214,6 +216,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       get_into(tj, "eps", t.eps, w);
       get_into(tj, "max_grad_norm", t.max_grad_norm, w);
       get_into(tj, "warmup_ratio", t.warmup_ratio, w);
+      get_into(tj, "warmup_epochs", t.warmup_epochs, w);
       get_into(tj, "schedule", t.schedule, w);
       get_into(tj, "max_seq_len", t.max_seq_len, w);
       get_into(tj, "seed", t.seed, w);

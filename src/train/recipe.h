@@ -16,8 +16,9 @@
 namespace vadapt::train {
 
 struct StageData {
-  std::string train, val, format, image_root;
-  int64_t limit = -1, val_limit = -1;
+  std::vector<std::string> train, val;  // one or more files each, concatenated in order
+  std::string format, image_root;
+  int64_t limit = -1, val_limit = -1;   // per file
   int64_t split_every = 0;  // > 0: train/val from one file, every k-th image held out
   bool skip_bad = false;
 };

@@ -2,7 +2,6 @@
 #include "train/run_recipe.h"
 
 #include <filesystem>
-#include <set>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -19,7 +18,7 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
     matched = true;
     log_info(cat("== stage ", st.name, " =="));
     vlm::VisionLanguageModel m(st.spec, o.device);
-    if (!st.init_from.empty()) m.init_projector_from(out_dir + "/" + st.init_from);
+    if (!st.init_from.empty()) m.method().init_from(out_dir + "/" + st.init_from);
     if (st.feature_cache != "none")
       m.enable_feature_cache(st.feature_cache == "memory" ? "" : st.feature_cache == "default" ? default_feature_cache_dir() : st.feature_cache);
     data::LoadOptions lo;
@@ -30,21 +29,24 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
     lo.split_every = st.data.split_every;
     lo.split = st.data.split_every > 0 ? "train" : "";
     data::LoadReport rep;
-    auto train_set = data::load_dataset(st.data.train, lo, &rep);
+    auto load_all = [&](const std::vector<std::string>& paths, data::LoadReport* report) {
+      std::vector<data::Sample> all;
+      for (const auto& p : paths) {
+        data::LoadReport r;
+        auto part = data::load_dataset(p, lo, &r);
+        if (report) report->skipped += r.skipped;
+        all.insert(all.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
+      }
+      return all;
+    };
+    auto train_set = load_all(st.data.train, &rep);
     if (rep.skipped) log_warn(cat(rep.skipped, " bad training records skipped"));
-    if (st.spec.feature_norm == "standardize" && st.init_from.empty() && o.resume.empty()) {
-      std::vector<std::string> imgs;  // statistics from up to 512 distinct training images
-      std::set<std::string> seen;
-      for (const auto& s : train_set)
-        if (!s.image.empty() && seen.insert(s.image).second && imgs.size() < 512) imgs.push_back(s.image);
-      m.init_feature_stats(imgs);
-      log_info(cat("feature_norm: per-channel statistics from ", imgs.size(), " training images"));
-    }
+    if (st.init_from.empty() && o.resume.empty()) m.method().prepare_training(m, train_set);
     std::vector<data::Sample> val_set;
     if (!st.data.val.empty() || st.data.split_every > 0) {
       lo.limit = st.data.val_limit;
       lo.split = st.data.split_every > 0 ? "val" : "";
-      val_set = data::load_dataset(st.data.val.empty() ? st.data.train : st.data.val, lo);
+      val_set = load_all(st.data.val.empty() ? st.data.train : st.data.val, nullptr);
     }
     TrainConfig cfg = st.train;
     cfg.out_dir = out_dir + "/" + st.name;

@@ -201,7 +201,9 @@ TrainResult Trainer::fit() {
   const int64_t micro_per_epoch = (N + micro_global - 1) / micro_global;
   const int64_t steps_per_epoch = std::max<int64_t>(1, micro_per_epoch / cfg_.grad_accum);
   const int64_t total_steps = cfg_.max_steps > 0 ? cfg_.max_steps : steps_per_epoch * cfg_.epochs;
-  const int64_t warmup = static_cast<int64_t>(std::floor(cfg_.warmup_ratio * static_cast<double>(total_steps)));
+  const int64_t warmup = cfg_.warmup_epochs >= 0
+                             ? static_cast<int64_t>(std::floor(cfg_.warmup_epochs * static_cast<double>(steps_per_epoch)))
+                             : static_cast<int64_t>(std::floor(cfg_.warmup_ratio * static_cast<double>(total_steps)));
   const double base_lr = cfg_.blr > 0 ? cfg_.blr * static_cast<double>(global_batch) / 256.0 : cfg_.lr;
   auto info = [&](const std::string& msg) {
     if (lead) log_info(msg);
@@ -212,8 +214,10 @@ TrainResult Trainer::fit() {
   std::vector<double> group_lr;
   std::vector<torch::Tensor> all_params;
   TrainResult res;
-  for (auto& [name, params] : m_.trainable_groups()) {
-    double lr = (name == "projector" && cfg_.lr_projector > 0) ? cfg_.lr_projector : base_lr;
+  for (auto& group : m_.trainable_groups()) {
+    const auto& name = group.name;
+    auto& params = group.params;
+    double lr = (group.connector && cfg_.lr_projector > 0) ? cfg_.lr_projector : base_lr;
     std::vector<torch::Tensor> decay, no_decay;
     for (auto& p : params) {
       if (p.scalar_type() != torch::kFloat32)
@@ -232,10 +236,9 @@ TrainResult Trainer::fit() {
   if (all_params.empty()) throw VadaptError("train: nothing to train (no parameter requires grad)");
   torch::optim::AdamW opt(groups, torch::optim::AdamWOptions(base_lr));
   for (const auto& p : all_params) res.trainable += p.numel();
-  res.total = res.trainable + model::count_parameters(*m_.lm()).total - (m_.spec().tune == "full" ? model::count_parameters(*m_.lm()).total : 0) +
-              model::count_parameters(m_.tower().module()).total;
-  info(cat("method ", m_.spec().method, " | tune ", m_.spec().tune, " | template ", m_.spec().template_name, " | connector ",
-           m_.spec().connector, " | device ", m_.device().str(), " | precision ", precision_name(precision),
+  res.total = res.trainable + model::count_parameters(*m_.lm()).total - m_.method().trained_base_parameters() +
+              (m_.has_vision() ? model::count_parameters(m_.tower().module()).total : 0);
+  info(cat("method ", m_.spec().method, " | ", m_.method().describe(), " | template ", m_.spec().template_name, " | device ", m_.device().str(), " | precision ", precision_name(precision),
            world() > 1 ? cat(" | ", world(), " data-parallel workers") : std::string()));
   info(cat("parameters: total ", human_count(res.total), ", trainable ", human_count(res.trainable), " (",
            100.0 * res.trainable / std::max<int64_t>(1, res.total), "%)"));
@@ -364,7 +367,7 @@ TrainResult Trainer::fit() {
         csv.flush();
         curve.push_back({static_cast<double>(step), window_loss / window_steps});
         if (val >= 0) val_curve.push_back({static_cast<double>(step), val});
-        if (cfg_.plot) write_curve_png(cfg_.out_dir + "/loss.png", curve, val_curve, cat(m_.spec().method, " ", m_.spec().tune, " - loss"));
+        if (cfg_.plot) write_curve_png(cfg_.out_dir + "/loss.png", curve, val_curve, cat(m_.spec().method, " - loss"));
       }
       window_loss = window_tokens = window_images = window_gn = 0;
       window_steps = 0;
@@ -391,7 +394,7 @@ TrainResult Trainer::fit() {
     info(cat("val loss after training: ", res.val_loss_after));
     if (lead && cfg_.plot) {
       val_curve.push_back({static_cast<double>(step), res.val_loss_after});
-      write_curve_png(cfg_.out_dir + "/loss.png", curve, val_curve, cat(m_.spec().method, " ", m_.spec().tune, " - loss"));
+      write_curve_png(cfg_.out_dir + "/loss.png", curve, val_curve, cat(m_.spec().method, " - loss"));
     }
   }
   res.steps = step;

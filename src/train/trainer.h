@@ -27,6 +27,7 @@ struct TrainConfig {
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double max_grad_norm = 1.0;  // <= 0: no clipping
   double warmup_ratio = 0.03;
+  double warmup_epochs = -1;   // >= 0: warmup over this many epochs instead (MAE-style recipes: LLaMA-Adapter, LaVIN)
   std::string schedule = "cosine";
   int64_t max_seq_len = 512;
   uint64_t seed = 0;

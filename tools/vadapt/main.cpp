@@ -26,6 +26,7 @@
 #include "train/distributed.h"
 #include "train/recipe.h"
 #include "train/run_recipe.h"
+#include "vlm/pipeline.h"
 #include "vlm/vision_language_model.h"
 #include "vision/image.h"
 #include "vision/preprocess.h"
@@ -76,18 +77,10 @@ int run_generate_vlm(const GenerateArgs& a) {
   auto device = parse_device(a.device);
   auto m = vlm::load_vlm_checkpoint(a.adapter, device);
   if (a.prompts.size() != 1) throw VadaptError("--adapter: give exactly one --prompt");
-  text::Conversation conv;
-  conv.turns.push_back({"user", (a.image.empty() ? "" : std::string(text::kImageTag) + "\n") + a.prompts[0]});
-  auto segs = m->chat_template().segments(conv, true);
-  auto enc = text::encode_segments(m->tokenizer(), segs, m->image_tokens());
-  torch::NoGradGuard ng;
-  torch::Tensor img;
-  if (!a.image.empty()) img = m->project(m->vision_features(m->load_pixels(a.image).unsqueeze(0)));  // (1, N, d)
-  auto ids = torch::tensor(enc.ids, torch::kInt64).unsqueeze(0);
-  auto x = m->embed(ids, img);  // (1, T, d)
-  generate::Generator gen(m->lm());
+  vlm::Query q{"--prompt", {}, a.image};
+  q.conv.turns.push_back({"user", (a.image.empty() ? "" : std::string(text::kImageTag) + "\n") + a.prompts[0]});
   text::StreamDecoder stream(m->tokenizer());
-  auto res = gen.generate_embeds(x, {}, make_options(a, m->tokenizer()), [&](int64_t, int64_t id) {
+  auto res = vlm::answer(*m, {vlm::encode_query(*m, q)}, {a.image}, make_options(a, m->tokenizer()), [&](int64_t, int64_t id) {
     std::cout << stream.push(id) << std::flush;
     return true;
   });
@@ -187,8 +180,6 @@ int run_inspect_recipe(const std::string& path, const std::vector<std::string>& 
   for (const auto& st : recipe.stages) {
     auto c = vlm::VisionLanguageModel::count_from_configs(st.spec);
     c["stage"] = st.name;
-    c["tune"] = st.spec.tune;
-    c["connector"] = st.spec.connector;
     j.push_back(c);
   }
   std::cout << j.dump(2) << std::endl;
@@ -220,18 +211,41 @@ int run_merge_peft(const std::string& model_dir, const std::string& lora, const 
   return 0;
 }
 
-// Folds LoRA into the LLM and writes a Hugging Face folder (plus the projector beside it).
+// Folds a trained adapter into the LLM and writes a Hugging Face folder (plus what stays outside
+// the LLM, e.g. LLaVA's projector, beside it). Methods that cannot be folded say why.
 int run_merge(const std::string& adapter, const std::string& out) {
   auto m = vlm::load_vlm_checkpoint(adapter);
-  if (m->spec().tune != "lora" && m->spec().tune != "qlora") throw VadaptError(cat(adapter, ": merge needs a LoRA adapter (tune: lora), got '", m->spec().tune, "'"));
-  m->adapters()->merge_into(*m->lm());
+  methods::Method::Rest rest;
+  try {
+    rest = m->method().merge_into(*m->lm());
+  } catch (const VadaptError& e) {
+    throw VadaptError(cat(adapter, ": ", e.what()));
+  }
   write_hf_llama(*m->lm(), m->spec().llm, out);
-  std::vector<std::pair<std::string, torch::Tensor>> proj;
-  for (const auto& [k, v] : m->trainable_state())
-    if (k.rfind("mm_projector.", 0) == 0) proj.emplace_back(k, v);
-  io::write_safetensors(out + "/mm_projector.safetensors", proj);
+  if (!rest.tensors.empty()) io::write_safetensors(out + "/" + rest.file, rest.tensors);
   log_info(cat("merged ", adapter, " into ", out));
   std::cout << nlohmann::json{{"merged", out}}.dump() << std::endl;
+  return 0;
+}
+
+struct ImportArgs {
+  std::string recipe, stage, weights, out;
+  std::vector<std::string> overrides;
+};
+
+// Reads an official release's adapter file into the method of a recipe stage (which says the
+// frozen models and the method's options) and writes a vadapt adapter folder.
+int run_import(const ImportArgs& a) {
+  auto recipe = train::load_recipe(a.recipe, a.overrides);
+  const train::Stage* st = nullptr;
+  for (const auto& s : recipe.stages)
+    if (a.stage.empty() || s.name == a.stage) st = &s;
+  if (!st) throw VadaptError(cat(a.recipe, ": no stage named '", a.stage, "'"));
+  vlm::VisionLanguageModel m(st->spec);
+  m.method().load_official(a.weights);
+  m.save_adapter(a.out);
+  log_info(cat("imported ", a.weights, " as a ", st->spec.method, " adapter in ", a.out));
+  std::cout << nlohmann::json{{"adapter", a.out}, {"method", st->spec.method}}.dump() << std::endl;
   return 0;
 }
 
@@ -461,6 +475,14 @@ int main(int argc, char** argv) {
   mg->add_option("--lora", merge_lora, "a PEFT LoRA folder to fold into --model");
   mg->add_option("--out", merge_out, "output folder")->required();
 
+  ImportArgs ia;
+  auto* im = app.add_subcommand("import", "turn an official release's adapter file into a vadapt adapter folder");
+  im->add_option("--recipe", ia.recipe, "recipe YAML naming the method, its options and the frozen models")->required();
+  im->add_option("--stage", ia.stage, "recipe stage (default: the last)");
+  im->add_option("--set", ia.overrides, "recipe override key.path=value");
+  im->add_option("--weights", ia.weights, "the official adapter file (safetensors)")->required();
+  im->add_option("--out", ia.out, "output adapter folder")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -490,6 +512,7 @@ int main(int argc, char** argv) {
       return run_merge(merge_adapter, merge_out);
     }
     if (*enc) return run_encode(ea);
+    if (*im) return run_import(ia);
     if (*ev) return run_eval(va);
     if (*sy) {
       auto rep = data::write_synthetic_dataset(so);

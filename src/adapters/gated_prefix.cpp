@@ -1,0 +1,73 @@
+// Gated adaption prompts: parameters, attachment, and the prefix attention.
+#include "adapters/gated_prefix.h"
+
+#include <cmath>
+
+#include "common/error.h"
+#include "model/module_path.h"
+
+namespace vadapt::adapters {
+namespace {
+// The per-layer object installed on the attention-prefix seam.
+class LayerPrefix : public model::AttentionPrefix {
+ public:
+  LayerPrefix(const GatedPrefixImpl* owner, int64_t layer) : owner_(owner), layer_(layer) {}
+  torch::Tensor attend(const torch::Tensor& q, const model::AttentionView& view, const model::ForwardContext& ctx) override {
+    return owner_->attend(layer_, q, view, ctx);
+  }
+
+ private:
+  const GatedPrefixImpl* owner_;
+  int64_t layer_;
+};
+}  // namespace
+
+GatedPrefixImpl::GatedPrefixImpl(const io::LlamaConfig& cfg, const GatedPrefixOptions& o, uint64_t seed, torch::Device device) : o_(o) {
+  if (o.prompt_len < 0) throw VadaptError(cat("adapter prompt_len must be >= 0, got ", o.prompt_len));
+  if (o.layers < 0 || o.layers > cfg.num_hidden_layers)
+    throw VadaptError(cat("adapter layers must be in [0, ", cfg.num_hidden_layers, "] (the top L decoder layers carry prompts), got ", o.layers));
+  if (o.gate != "tanh" && o.gate != "raw") throw VadaptError(cat("adapter gate must be tanh or raw, got '", o.gate, "'"));
+  first_layer_ = cfg.num_hidden_layers - o.layers;
+  auto gen = at::detail::createCPUGenerator(seed);
+  auto q = torch::empty({o.layers * o.prompt_len, cfg.hidden_size}, torch::kFloat32);
+  q.normal_(0.0, 1.0, gen);  // nn.Embedding's default init, as the official code
+  adapter_query = model::namespace_module(*this, "adapter_query").register_parameter("weight", q.to(device));
+  for (int64_t l = first_layer_; l < cfg.num_hidden_layers; ++l)
+    gates_.push_back(model::namespace_module(*this, cat("layers.", l, ".attention"))
+                         .register_parameter("gate", torch::zeros({1, cfg.num_attention_heads, 1, 1}, torch::TensorOptions().device(device))));
+}
+
+void GatedPrefixImpl::attach(model::LlamaForCausalLMImpl& lm) {
+  if (o_.prompt_len == 0) return;
+  for (int64_t l = first_layer_; l < lm.config().num_hidden_layers; ++l) lm.layer(l).self_attn->prefix = std::make_shared<LayerPrefix>(this, l);
+}
+
+void GatedPrefixImpl::detach(model::LlamaForCausalLMImpl& lm) {
+  for (int64_t l = 0; l < lm.config().num_hidden_layers; ++l) lm.layer(l).self_attn->prefix.reset();
+}
+
+torch::Tensor GatedPrefixImpl::attend(int64_t layer, const torch::Tensor& q, const model::AttentionView& view,
+                                      const model::ForwardContext& ctx) const {
+  const int64_t k_len = o_.prompt_len, h = view.num_heads, kv = view.num_kv_heads, d = view.head_dim;
+  auto prompt = adapter_query.narrow(0, (layer - first_layer_) * k_len, k_len).unsqueeze(0);  // (1, K, dim)
+  if (ctx.adapter_state && ctx.adapter_state->condition.defined())
+    prompt = prompt + ctx.adapter_state->condition.unsqueeze(1).to(prompt.scalar_type());      // (B, K, dim)
+  prompt = prompt.to(q.scalar_type());
+  auto kp = o_.adapted_kv ? view.k_proj.forward(prompt) : view.k_proj.base_forward(prompt);    // (Bp, K, kv*D)
+  auto vp = o_.adapted_kv ? view.v_proj.forward(prompt) : view.v_proj.base_forward(prompt);    // (Bp, K, kv*D)
+  const int64_t bp = kp.size(0);
+  kp = kp.view({bp, k_len, kv, d}).transpose(1, 2);                                            // (Bp, kv, K, D)
+  vp = vp.view({bp, k_len, kv, d}).transpose(1, 2);                                            // (Bp, kv, K, D)
+  if (h != kv) kp = kp.repeat_interleave(h / kv, 1), vp = vp.repeat_interleave(h / kv, 1);     // (Bp, H, K, D)
+  auto scores = torch::matmul(q, kp.transpose(-1, -2)).mul_(1.0 / std::sqrt(static_cast<double>(d)));  // (B, H, T, K)
+  auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());                // (B, H, T, K)
+  auto g = gates_[static_cast<size_t>(layer - first_layer_)];                                   // (1, H, 1, 1)
+  g = (o_.gate == "tanh" ? torch::tanh(g) : g).to(q.scalar_type());
+  return torch::matmul(probs, vp) * g;                                                          // (B, H, T, D)
+}
+
+int64_t gated_prefix_parameter_count(const io::LlamaConfig& cfg, const GatedPrefixOptions& o) {
+  return o.layers * o.prompt_len * cfg.hidden_size + o.layers * cfg.num_attention_heads;
+}
+
+}  // namespace vadapt::adapters

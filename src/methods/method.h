@@ -1,0 +1,115 @@
+// A method (LLaVA, LLaMA-Adapter V1, ...) as one part: its recipe section, what it attaches to
+// the frozen models through the seams (model/seams.h), its connector, its parameter groups and
+// checkpoint names, how a batch becomes model inputs (embeddings + adapter state), its
+// adapter_config.json fields and its parameter count from configs alone. The trainer, the
+// generator, eval and the CLI only talk to this interface; a method is registered by name in
+// methods/registry.cpp.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "io/hf_config.h"
+#include "model/llama.h"
+#include "model/seams.h"
+#include "vision/feature_select.h"
+#include "vision/vision_tower.h"
+
+namespace vadapt::vlm {
+class VisionLanguageModel;
+}
+namespace vadapt::data {
+struct Sample;
+}
+
+namespace vadapt::methods {
+
+struct ParamGroup {
+  std::string name;                  // "projector", "lora", "llm", "prompts", ...
+  std::vector<torch::Tensor> params;
+  bool connector = false;            // takes train.lr_projector when that is set
+};
+
+// What a method hands the frozen LLM for one forward pass.
+struct Inputs {
+  torch::Tensor embeds;       // (B, T, d)
+  model::AdapterState state;  // per-sample conditioning / state for the adapters
+};
+
+// The frozen models a method attaches to.
+struct Frozen {
+  model::LlamaForCausalLM lm{nullptr};
+  std::shared_ptr<vision::VisionTower> tower;
+  torch::Device device = torch::kCPU;
+};
+
+// Vision tower dimensions from its config alone.
+struct VisionDims {
+  int64_t hidden_size = 0, num_layers = 0, num_patches = 0;
+  static VisionDims from_config_dir(const std::string& dir);
+};
+
+class Method {
+ public:
+  virtual ~Method() = default;
+  virtual std::string name() const = 0;
+
+  // The method's own recipe keys (merged from the recipe's top level, its model section and the
+  // stage; unknown keys are errors naming `where`) -> its adapter_config.json fields.
+  virtual nlohmann::json parse_recipe(const nlohmann::json& section, const std::string& where) const = 0;
+  // adapter_config.json fields (as parse_recipe returns them) -> options. Errors name `source`.
+  virtual void configure(const nlohmann::json& config, const std::string& source) = 0;
+  virtual nlohmann::json config() const = 0;
+  virtual std::string describe() const = 0;  // one line for logs
+
+  // Attaches adapters / connector to the frozen models (and unfreezes what trains).
+  virtual void build(const Frozen& f, uint64_t seed) = 0;
+  virtual vision::FeatureSelect feature_select() const = 0;
+  // Whether the method reads images at all (false: model.vision may be left out).
+  virtual bool needs_vision() const { return true; }
+  // Tokens one image occupies in the LLM input sequence (0: images enter through adapters only).
+  virtual int64_t image_tokens() const = 0;
+  // ids (B, T) with text::kImageToken placeholders; features (M, N, C) of the batch's M images
+  // (undefined when none), image_rows (M,) the batch row of each image.
+  virtual Inputs prepare(const torch::Tensor& ids, const torch::Tensor& features, const torch::Tensor& image_rows) = 0;
+
+  virtual std::vector<ParamGroup> groups() const = 0;
+  // Everything that trains, under checkpoint names.
+  virtual std::vector<std::pair<std::string, torch::Tensor>> state() const = 0;
+  virtual void train_mode(bool on) = 0;
+  // Frozen base parameters that this method trains (so totals count them once).
+  virtual int64_t trained_base_parameters() const { return 0; }
+
+  // Initialises from an earlier stage's adapter folder (recipe init_from). Default: every
+  // tensor of state() the folder holds (at least one).
+  virtual void init_from(const std::string& dir);
+  // Once before the first step of a fresh run (not on resume or init_from).
+  virtual void prepare_training(vlm::VisionLanguageModel& m, const std::vector<data::Sample>& train) {}
+  // Parameter counts from configs alone: at least trainable_parameters.
+  virtual nlohmann::json count(const io::LlamaConfig& llm, const VisionDims& vision) const = 0;
+  // Folds the method into the LLM's weights (vadapt merge); returns what stays outside the LLM
+  // (LLaVA: the projector), to be written beside it. Default: refused with the reason.
+  struct Rest {
+    std::string file;  // file name for the tensors beside the merged folder
+    std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  };
+  virtual Rest merge_into(model::LlamaForCausalLMImpl& lm);
+  // Loads the official release's adapter file into this method's parameters (vadapt import).
+  virtual void load_official(const std::string& file);
+};
+
+// ids with placeholders + image embeddings (M, n, d) -> (B, T, d) input embeddings.
+torch::Tensor splice_image_embeds(model::LlamaForCausalLMImpl& lm, const torch::Tensor& ids, const torch::Tensor& image_embeds,
+                                  int64_t image_tokens);
+// Strict copy of `want` from a safetensors file: every tensor present with its shape, nothing
+// unexpected (the errors name the file and the tensor).
+void load_tensors_strict(const std::string& file, const std::vector<std::pair<std::string, torch::Tensor>>& want);
+// Keys of `j` not in `allowed` are errors naming `where` and the key.
+void check_keys(const nlohmann::json& j, const std::vector<std::string>& allowed, const std::string& where);
+
+}  // namespace vadapt::methods

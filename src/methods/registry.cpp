@@ -1,0 +1,36 @@
+// Method registry: one line per method.
+#include "methods/registry.h"
+
+#include <functional>
+#include <map>
+
+#include "common/error.h"
+#include "methods/llama_adapter_v1.h"
+#include "methods/llava.h"
+
+namespace vadapt::methods {
+namespace {
+const std::vector<std::pair<std::string, std::function<std::unique_ptr<Method>()>>>& table() {
+  static const std::vector<std::pair<std::string, std::function<std::unique_ptr<Method>()>>> t = {
+      {"llava", [] { return std::make_unique<Llava>(); }},
+      {"llama_adapter_v1", [] { return std::make_unique<LlamaAdapterV1>(); }},
+  };
+  return t;
+}
+}  // namespace
+
+std::unique_ptr<Method> create(const std::string& name, const std::string& where) {
+  for (const auto& [n, make] : table())
+    if (n == name) return make();
+  std::string all;
+  for (const auto& n : names()) all += (all.empty() ? "" : ", ") + n;
+  throw VadaptError(cat(where, ": unknown method '", name, "' (implemented: ", all, ")"));
+}
+
+std::vector<std::string> names() {
+  std::vector<std::string> out;
+  for (const auto& e : table()) out.push_back(e.first);
+  return out;
+}
+
+}  // namespace vadapt::methods
