@@ -4,20 +4,9 @@
 #include <cmath>
 
 #include "common/error.h"
+#include "connectors/linear_init.h"
 
 namespace vadapt::connectors {
-namespace {
-model::Projection linear_init(int64_t in, int64_t out, at::Generator& gen) {
-  model::Projection p(in, out, true, torch::TensorOptions().dtype(torch::kFloat32));
-  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-  torch::NoGradGuard ng;
-  p->weight.uniform_(-bound, bound, gen);
-  p->bias.uniform_(-bound, bound, gen);
-  p->weight.set_requires_grad(true);
-  p->bias.set_requires_grad(true);
-  return p;
-}
-}  // namespace
 
 ProjectorImpl::ProjectorImpl(std::string type, int64_t c, int64_t d, uint64_t seed, bool standardize) : type_(std::move(type)) {
   auto gen = at::detail::createCPUGenerator(seed);
@@ -26,12 +15,12 @@ ProjectorImpl::ProjectorImpl(std::string type, int64_t c, int64_t d, uint64_t se
     std_ = register_parameter("feature_std", torch::ones({c}), /*requires_grad=*/false);
   }
   if (type_ == "linear") {
-    fc1 = linear_init(c, d, gen);
+    fc1 = trainable_linear(c, d, "default", gen);
     register_parameter("weight", fc1->weight);
     register_parameter("bias", fc1->bias);
   } else if (type_ == "mlp2x_gelu") {
-    fc1 = register_module("0", linear_init(c, d, gen));
-    fc2 = register_module("2", linear_init(d, d, gen));
+    fc1 = register_module("0", trainable_linear(c, d, "default", gen));
+    fc2 = register_module("2", trainable_linear(d, d, "default", gen));
   } else if (type_ == "identity") {
     if (c != d) throw VadaptError(cat("identity projector needs equal widths, got vision ", c, " and LLM ", d));
   } else {

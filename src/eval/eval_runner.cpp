@@ -57,6 +57,7 @@ std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vect
     std::vector<size_t> rows;  // queries of this batch that fit
     for (size_t j = i; j < end; ++j) {
       vlm::Query q{qs[j].id, {}, qs[j].image};
+      if (qs[j].sample) q.conv.system = qs[j].sample->conv.system;  // e.g. Alpaca's "paired with an input" line
       q.conv.turns.push_back({"user", qs[j].question});
       auto enc = vlm::encode_query(m, q);
       if (static_cast<int64_t>(enc.ids.size()) + max_new_tokens > context) {
