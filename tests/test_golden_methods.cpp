@@ -8,6 +8,7 @@
 #include "io/safetensors.h"
 #include "methods/llama_adapter_v1.h"
 #include "model/llama.h"
+#include "vlm/vision_language_model.h"
 
 using namespace vadapt;
 using vadapt::test::shared_dir;
@@ -63,4 +64,17 @@ TEST(GoldenLlamaAdapter, V1InferenceFormRawGateWithKvCacheMatchesTheOfficialCode
   std::vector<torch::Tensor> steps{v.lm->logits(v.lm->forward_embeds(in.embeds.narrow(1, 0, 5), ctx)).select(1, 4)};  // (2, V)
   for (int64_t p = 5; p < 9; ++p) steps.push_back(v.lm->logits(v.lm->forward_embeds(in.embeds.narrow(1, p, 1), ctx)).select(1, 0));
   EXPECT_TRUE(tensors_close(torch::stack(steps), g->tensor("step_logits"), 1e-4));
+}
+
+// methods.md's golden count from the shared config-only folders (no weights): K = 10 prompts in
+// the top L = 30 layers of LLaMA-7B.
+TEST(GoldenLlamaAdapter, V1ParameterCountOnLlama7bConfigIs1229760) {
+  VADAPT_REQUIRE_SHARED();
+  vlm::VlmSpec s;
+  s.method = "llama_adapter_v1";
+  s.llm = shared_dir() + "/reference/configs/llama-7b";
+  s.options = {{"adapter_len", 10}, {"adapter_layer", 30}, {"gate_form", "tanh"}};
+  auto c = vlm::VisionLanguageModel::count_from_configs(s);
+  EXPECT_EQ(c["trainable_parameters"].get<int64_t>(), 1229760);
+  EXPECT_EQ(c["llm_parameters"].get<int64_t>(), 6738415616);
 }

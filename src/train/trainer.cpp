@@ -61,8 +61,15 @@ text::EncodedPrompt Trainer::encode(const data::Sample& s) const {
       if (e.ids[i] == text::kImageToken) last_img = static_cast<int64_t>(i);
     if (last_img >= cfg_.max_seq_len)
       throw VadaptError(cat("sample ", s.id, ": image tokens end at position ", last_img + 1, ", beyond max_seq_len ", cfg_.max_seq_len));
+    const size_t full = e.ids.size();
     e.ids.resize(static_cast<size_t>(cfg_.max_seq_len));
     e.labels.resize(static_cast<size_t>(cfg_.max_seq_len));
+    // A sample cut before its answer trains (or scores) nothing: say so, never silently.
+    if (std::none_of(e.labels.begin(), e.labels.end(), [](int64_t l) { return l != text::kIgnore; })) {
+      if (no_targets_++ == 0 && rank() == 0)
+        log_warn(cat("sample ", s.id, ": ", full, " tokens, max_seq_len ", cfg_.max_seq_len,
+                     ": truncation leaves no answer token to learn from (raise train.max_seq_len); further such samples are counted"));
+    }
   }
   return e;
 }
@@ -387,6 +394,8 @@ TrainResult Trainer::fit() {
     }
   }
   clear_bar();
+  if (no_targets_ > 0)
+    info(cat("warning: ", no_targets_, " encodings (training and validation) lost every answer token to max_seq_len ", cfg_.max_seq_len));
   if (scaler.skipped() > 0) info(cat("fp16: ", scaler.skipped(), " steps skipped for overflow; final loss scale ", scaler.scale()));
   if (lead) m_.save_adapter(cfg_.out_dir);  // the final adapter at the top of the output folder
   if (!val_.empty()) {

@@ -77,6 +77,7 @@ class Trainer {
   std::vector<data::Sample> train_, val_;
   TrainConfig cfg_;
   std::vector<double> losses_;
+  mutable int64_t no_targets_ = 0;  // encodings whose answer was cut away by max_seq_len
 };
 
 // The checkpoint-<step> folders under `out_dir`, oldest first.
