@@ -17,6 +17,13 @@ using vadapt::test::tensors_close;
 namespace {
 std::string G(const std::string& rel) { return shared_dir() + "/golden/llama_adapter/" + rel; }
 
+// Asserts closeness and prints the measured difference (docs/results.md quotes it).
+void expect_close(const char* what, const torch::Tensor& got, const torch::Tensor& want, double atol) {
+  auto r = tensors_close(got, want, atol);
+  std::printf("[ golden   ] %s: %s\n", what, r.message());
+  EXPECT_TRUE(r);
+}
+
 struct V1 {
   model::LlamaForCausalLM lm{nullptr};
   methods::LlamaAdapterV1 method;
@@ -35,7 +42,7 @@ TEST(GoldenLlamaAdapter, BaseModelMatchesTheOfficialCode) {
   auto lm = model::load_llama(G("tiny-llama-hf"), torch::kFloat32, torch::kCPU);
   torch::NoGradGuard ng;
   model::ForwardContext ctx;
-  EXPECT_TRUE(tensors_close(lm->forward(g->tensor("input_ids"), ctx), g->tensor("logits"), 1e-4));
+  expect_close("base logits", lm->forward(g->tensor("input_ids"), ctx), g->tensor("logits"), 1e-4);
 }
 
 TEST(GoldenLlamaAdapter, V1TrainingFormTanhGateMatchesTheOfficialCode) {
@@ -46,7 +53,7 @@ TEST(GoldenLlamaAdapter, V1TrainingFormTanhGateMatchesTheOfficialCode) {
   auto in = v.method.prepare(g->tensor("input_ids"), {}, {});
   model::ForwardContext ctx;
   auto logits = v.lm->logits(v.lm->forward_embeds(in.embeds, ctx));
-  EXPECT_TRUE(tensors_close(logits, g->tensor("logits"), 1e-4));
+  expect_close("V1 training form (tanh) logits", logits, g->tensor("logits"), 1e-4);
   auto base = io::SafeTensorsFile::open(G("base.golden.safetensors"));
   EXPECT_FALSE(tensors_close(logits, base->tensor("logits"), 1e-2));  // the adapter matters
 }
@@ -63,7 +70,7 @@ TEST(GoldenLlamaAdapter, V1InferenceFormRawGateWithKvCacheMatchesTheOfficialCode
   ctx.cache = &cache;
   std::vector<torch::Tensor> steps{v.lm->logits(v.lm->forward_embeds(in.embeds.narrow(1, 0, 5), ctx)).select(1, 4)};  // (2, V)
   for (int64_t p = 5; p < 9; ++p) steps.push_back(v.lm->logits(v.lm->forward_embeds(in.embeds.narrow(1, p, 1), ctx)).select(1, 0));
-  EXPECT_TRUE(tensors_close(torch::stack(steps), g->tensor("step_logits"), 1e-4));
+  expect_close("V1 inference form (raw, KV cache) step logits", torch::stack(steps), g->tensor("step_logits"), 1e-4);
 }
 
 // methods.md's golden count from the shared config-only folders (no weights): K = 10 prompts in
