@@ -65,12 +65,20 @@ TEST(GoldenLlamaAdapter, V1InferenceFormRawGateWithKvCacheMatchesTheOfficialCode
   torch::NoGradGuard ng;
   auto ids = g->tensor("input_ids");  // (2, 9)
   auto in = v.method.prepare(ids, {}, {});
-  auto cache = v.lm->make_cache(2, ids.size(1));
-  model::ForwardContext ctx;
-  ctx.cache = &cache;
-  std::vector<torch::Tensor> steps{v.lm->logits(v.lm->forward_embeds(in.embeds.narrow(1, 0, 5), ctx)).select(1, 4)};  // (2, V)
-  for (int64_t p = 5; p < 9; ++p) steps.push_back(v.lm->logits(v.lm->forward_embeds(in.embeds.narrow(1, p, 1), ctx)).select(1, 0));
-  expect_close("V1 inference form (raw, KV cache) step logits", torch::stack(steps), g->tensor("step_logits"), 1e-4);
+  // Twice: prompt K/V recomputed at every step (no adapter state, as the official code), and
+  // computed at prefill and kept in the adapter state (as vadapt's generator runs it).
+  for (bool keep : {false, true}) {
+    auto cache = v.lm->make_cache(2, ids.size(1));
+    model::ForwardContext ctx;
+    ctx.cache = &cache;
+    model::AdapterState state;
+    if (keep) ctx.adapter_state = &state;
+    std::vector<torch::Tensor> steps{v.lm->logits(v.lm->forward_embeds(in.embeds.narrow(1, 0, 5), ctx)).select(1, 4)};  // (2, V)
+    for (int64_t p = 5; p < 9; ++p) steps.push_back(v.lm->logits(v.lm->forward_embeds(in.embeds.narrow(1, p, 1), ctx)).select(1, 0));
+    if (keep) EXPECT_EQ(state.kept.size(), 4u);  // K and V of the 2 adapted layers
+    expect_close(keep ? "V1 inference form (raw, KV cache, kept prompt K/V) step logits" : "V1 inference form (raw, KV cache) step logits",
+                 torch::stack(steps), g->tensor("step_logits"), 1e-4);
+  }
 }
 
 // methods.md's golden count from the shared config-only folders (no weights): K = 10 prompts in

@@ -49,16 +49,30 @@ void GatedPrefixImpl::detach(model::LlamaForCausalLMImpl& lm) {
 torch::Tensor GatedPrefixImpl::attend(int64_t layer, const torch::Tensor& q, const model::AttentionView& view,
                                       const model::ForwardContext& ctx) const {
   const int64_t k_len = o_.prompt_len, h = view.num_heads, kv = view.num_kv_heads, d = view.head_dim;
-  auto prompt = adapter_query.narrow(0, (layer - first_layer_) * k_len, k_len).unsqueeze(0);  // (1, K, dim)
-  if (ctx.adapter_state && ctx.adapter_state->condition.defined())
-    prompt = prompt + ctx.adapter_state->condition.unsqueeze(1).to(prompt.scalar_type());      // (B, K, dim)
-  prompt = prompt.to(q.scalar_type());
-  auto kp = o_.adapted_kv ? view.k_proj.forward(prompt) : view.k_proj.base_forward(prompt);    // (Bp, K, kv*D)
-  auto vp = o_.adapted_kv ? view.v_proj.forward(prompt) : view.v_proj.base_forward(prompt);    // (Bp, K, kv*D)
-  const int64_t bp = kp.size(0);
-  kp = kp.view({bp, k_len, kv, d}).transpose(1, 2);                                            // (Bp, kv, K, D)
-  vp = vp.view({bp, k_len, kv, d}).transpose(1, 2);                                            // (Bp, kv, K, D)
-  if (h != kv) kp = kp.repeat_interleave(h / kv, 1), vp = vp.repeat_interleave(h / kv, 1);     // (Bp, H, K, D)
+  const int64_t b = q.size(0);
+  // Prompt K/V (B, H, K, D): at generation (a KV cache in use) they are computed at prefill and
+  // kept in the adapter state for the decode steps, reordered with the beams like the cache.
+  torch::Tensor kp, vp;
+  const std::string key_k = cat("gated_prefix.", layer, ".k"), key_v = cat("gated_prefix.", layer, ".v");
+  auto* st = ctx.cache ? ctx.adapter_state : nullptr;
+  if (st && st->kept.count(key_k) && st->kept[key_k].size(0) == b) {
+    kp = st->kept[key_k], vp = st->kept[key_v];
+  } else {
+    auto prompt = adapter_query.narrow(0, (layer - first_layer_) * k_len, k_len).unsqueeze(0);  // (1, K, dim)
+    if (ctx.adapter_state && ctx.adapter_state->condition.defined())
+      prompt = prompt + ctx.adapter_state->condition.unsqueeze(1).to(prompt.scalar_type());      // (B, K, dim)
+    prompt = prompt.to(q.scalar_type());
+    kp = o_.adapted_kv ? view.k_proj.forward(prompt) : view.k_proj.base_forward(prompt);        // (Bp, K, kv*D)
+    vp = o_.adapted_kv ? view.v_proj.forward(prompt) : view.v_proj.base_forward(prompt);        // (Bp, K, kv*D)
+    const int64_t bp = kp.size(0);
+    kp = kp.view({bp, k_len, kv, d}).transpose(1, 2);                                            // (Bp, kv, K, D)
+    vp = vp.view({bp, k_len, kv, d}).transpose(1, 2);                                            // (Bp, kv, K, D)
+    if (h != kv) kp = kp.repeat_interleave(h / kv, 1), vp = vp.repeat_interleave(h / kv, 1);     // (Bp, H, K, D)
+    if (st) {
+      st->kept[key_k] = kp.expand({b, h, k_len, d}).contiguous();                                // (B, H, K, D)
+      st->kept[key_v] = vp.expand({b, h, k_len, d}).contiguous();
+    }
+  }
   auto scores = torch::matmul(q, kp.transpose(-1, -2)).mul_(1.0 / std::sqrt(static_cast<double>(d)));  // (B, H, T, K)
   auto probs = torch::softmax(scores, -1, torch::kFloat32).to(q.scalar_type());                // (B, H, T, K)
   auto g = gates_[static_cast<size_t>(layer - first_layer_)];                                   // (1, H, 1, 1)

@@ -7,8 +7,8 @@
 // attention output before o_proj. Gate forms: tanh(g) (official training code) or raw g
 // (official inference code and the paper). A per-sample conditioning vector in the forward
 // context (V1 multimodal: the visual token) is added to every prompt of every adapted layer.
-// Prompt K/V are recomputed on every call and never enter the KV cache; text positions start
-// at 0 whatever K is.
+// Prompt K/V never enter the KV cache (text positions start at 0 whatever K is); when a KV cache
+// is in use they are computed once at prefill and kept in the forward context's AdapterState.
 #pragma once
 
 #include <torch/torch.h>

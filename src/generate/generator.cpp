@@ -52,12 +52,10 @@ GenerateResult Generator::beam_search(const torch::Tensor& embeds, const Generat
   model::KVCache cache = lm_->make_cache(nb, t + std::max<int64_t>(opts.max_new_tokens, 1));
   model::ForwardContext ctx;
   ctx.cache = &cache;
-  model::AdapterState state;
-  if (state_in && !state_in->empty()) {
-    state = *state_in;
-    state.select_rows(torch::zeros({nb}, torch::kInt64));  // every beam starts from the one prompt
-    ctx.adapter_state = &state;
-  }
+  model::AdapterState state;  // adapters may keep per-row state in it from prefill on
+  if (state_in) state = *state_in;
+  state.select_rows(torch::zeros({nb}, torch::kInt64));  // every beam starts from the one prompt
+  ctx.adapter_state = &state;
   GenerateResult res;
   res.tokens.resize(1);
   res.prompt_tokens = t;
@@ -111,7 +109,7 @@ GenerateResult Generator::beam_search(const torch::Tensor& embeds, const Generat
     }
     if (step + 1 == opts.max_new_tokens) break;
     cache.select_rows(torch::tensor(src_rows, torch::kInt64).to(lm_->device()));
-    if (ctx.adapter_state) state.select_rows(torch::tensor(src_rows, torch::kInt64));
+    state.select_rows(torch::tensor(src_rows, torch::kInt64));
     auto x = lm_->embed(torch::tensor(next_tokens, torch::kInt64).view({nb, 1}));  // (nb, 1, d)
     logp = torch::log_softmax(lm_->logits(lm_->forward_embeds(x, ctx)).select(1, 0).to(torch::kFloat32), -1).cpu();
     ++res.decode_steps;
@@ -148,11 +146,9 @@ GenerateResult Generator::generate_embeds(const torch::Tensor& embeds, const tor
   model::KVCache cache = lm_->make_cache(b, t + std::max<int64_t>(opts.max_new_tokens, 1));
   model::ForwardContext ctx;
   ctx.cache = &cache;
-  model::AdapterState adapter_state;
-  if (state && !state->empty()) {
-    adapter_state = *state;
-    ctx.adapter_state = &adapter_state;
-  }
+  model::AdapterState adapter_state;  // adapters may keep per-row state in it from prefill on
+  if (state) adapter_state = *state;
+  ctx.adapter_state = &adapter_state;
   torch::Tensor mask;   // (B, S) running key mask, only when padded
   torch::Tensor next_pos;  // (B, 1)
   if (key_mask.defined()) {
