@@ -323,3 +323,14 @@ TEST(Data, AlpacaJsonBecomesInstructionConversations) {
     EXPECT_NE(std::string(e.what()).find("output"), std::string::npos) << e.what();
   }
 }
+
+TEST(AdapterState, SelectRowsReordersEveryTensorByBatchRow) {
+  model::AdapterState st;
+  st.condition = torch::arange(6, torch::kFloat32).view({3, 2});
+  st.kept["layer.1.k"] = torch::arange(3, torch::kFloat32).view({3, 1, 1});
+  EXPECT_FALSE(st.empty());
+  st.select_rows(torch::tensor({2, 0, 0, 1}, torch::kInt64));  // beams: reorder and duplicate rows
+  EXPECT_TRUE(tensors_equal(st.condition, torch::tensor({4.f, 5.f, 0.f, 1.f, 0.f, 1.f, 2.f, 3.f}).view({4, 2})));
+  EXPECT_TRUE(tensors_equal(st.kept["layer.1.k"], torch::tensor({2.f, 0.f, 0.f, 1.f}).view({4, 1, 1})));
+  EXPECT_FALSE(st.modality.defined());
+}
