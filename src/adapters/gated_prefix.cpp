@@ -33,8 +33,11 @@ GatedPrefixImpl::GatedPrefixImpl(const io::LlamaConfig& cfg, const GatedPrefixOp
   q.normal_(0.0, 1.0, gen);  // nn.Embedding's default init, as the official code
   adapter_query = model::namespace_module(*this, "adapter_query").register_parameter("weight", q.to(device));
   for (int64_t l = first_layer_; l < cfg.num_hidden_layers; ++l)
+  {
     gates_.push_back(model::namespace_module(*this, cat("layers.", l, ".attention"))
                          .register_parameter("gate", torch::zeros({1, cfg.num_attention_heads, 1, 1}, torch::TensorOptions().device(device))));
+    kept_keys_.emplace_back(cat("gated_prefix.", l, ".k"), cat("gated_prefix.", l, ".v"));
+  }
 }
 
 void GatedPrefixImpl::attach(model::LlamaForCausalLMImpl& lm) {
@@ -53,10 +56,15 @@ torch::Tensor GatedPrefixImpl::attend(int64_t layer, const torch::Tensor& q, con
   // Prompt K/V (B, H, K, D): at generation (a KV cache in use) they are computed at prefill and
   // kept in the adapter state for the decode steps, reordered with the beams like the cache.
   torch::Tensor kp, vp;
-  const std::string key_k = cat("gated_prefix.", layer, ".k"), key_v = cat("gated_prefix.", layer, ".v");
+  const auto& [key_k, key_v] = kept_keys_[static_cast<size_t>(layer - first_layer_)];
   auto* st = ctx.cache ? ctx.adapter_state : nullptr;
-  if (st && st->kept.count(key_k) && st->kept[key_k].size(0) == b) {
-    kp = st->kept[key_k], vp = st->kept[key_v];
+  const torch::Tensor* kept_k = nullptr;
+  if (st) {
+    auto it = st->kept.find(key_k);
+    if (it != st->kept.end() && it->second.size(0) == b) kept_k = &it->second;
+  }
+  if (kept_k) {
+    kp = *kept_k, vp = st->kept.at(key_v);
   } else {
     auto prompt = adapter_query.narrow(0, (layer - first_layer_) * k_len, k_len).unsqueeze(0);  // (1, K, dim)
     if (ctx.adapter_state && ctx.adapter_state->condition.defined())

@@ -48,6 +48,7 @@ class GatedPrefixImpl : public torch::nn::Module {
   GatedPrefixOptions o_;
   int64_t first_layer_ = 0;
   std::vector<torch::Tensor> gates_;  // L x (1, H, 1, 1)
+  std::vector<std::pair<std::string, std::string>> kept_keys_;  // per adapted layer: AdapterState::kept names of its prompt K / V
 };
 TORCH_MODULE(GatedPrefix);
 

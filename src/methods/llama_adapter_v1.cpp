@@ -10,13 +10,6 @@
 #include "text/prompt.h"
 
 namespace vadapt::methods {
-namespace {
-template <typename T>
-void get_into(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
-  if (j.contains(key) && !j[key].is_null()) out = io::json_get<T>(j, key, where);
-}
-}  // namespace
-
 nlohmann::json LlamaAdapterV1::parse_recipe(const nlohmann::json& sec, const std::string& where) const {
   check_keys(sec, {"adapter", "visual"}, where);
   if (!sec.contains("adapter")) raise(where, "adapter", "missing: give adapter {prompt_len, layers, gate} (layers = how many top decoder layers carry prompts)");
@@ -25,18 +18,18 @@ nlohmann::json LlamaAdapterV1::parse_recipe(const nlohmann::json& sec, const std
   const auto& a = sec["adapter"];
   const std::string aw = where + " adapter";
   check_keys(a, {"prompt_len", "layers", "gate"}, aw);
-  get_into(a, "prompt_len", o.prefix.prompt_len, aw);
+  read_option(a, "prompt_len", o.prefix.prompt_len, aw);
   if (!a.contains("layers")) raise(aw, "layers", "missing: how many top decoder layers carry prompts (LLaMA-7B recipe: 30)");
-  get_into(a, "layers", o.prefix.layers, aw);
-  get_into(a, "gate", o.prefix.gate, aw);
+  read_option(a, "layers", o.prefix.layers, aw);
+  read_option(a, "gate", o.prefix.gate, aw);
   if (sec.contains("visual")) {
     const auto& v = sec["visual"];
     const std::string vw = where + " visual";
     check_keys(v, {"taps", "hidden"}, vw);
     if (!v.contains("taps")) raise(vw, "taps", "missing: the vision layers whose CLS tokens form the global feature");
-    get_into(v, "taps", o.visual_taps, vw);
+    read_option(v, "taps", o.visual_taps, vw);
     if (o.visual_taps.empty()) raise(vw, "taps", "give at least one layer (or drop the visual section for text-only)");
-    get_into(v, "hidden", o.visual_hidden, vw);
+    read_option(v, "hidden", o.visual_hidden, vw);
   }
   m.configure(m.config(), where);  // validates the values
   return m.config();

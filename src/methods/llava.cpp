@@ -29,31 +29,27 @@ void check_tune(const std::string& tune, const std::string& where) {
 
 bool uses_lora(const std::string& tune) { return tune == "lora" || tune == "qlora"; }
 
-template <typename T>
-void get_into(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
-  if (j.contains(key) && !j[key].is_null()) out = io::json_get<T>(j, key, where);
-}
 }  // namespace
 
 nlohmann::json Llava::parse_recipe(const nlohmann::json& sec, const std::string& where) const {
   check_keys(sec, {"connector", "feature_layer", "pool", "feature_norm", "tune", "lora"}, where);
   Llava m;
   Options& o = m.o_;
-  get_into(sec, "connector", o.connector, where);
-  get_into(sec, "feature_layer", o.feature_layer, where);
-  get_into(sec, "pool", o.pool, where);
-  get_into(sec, "feature_norm", o.feature_norm, where);
+  read_option(sec, "connector", o.connector, where);
+  read_option(sec, "feature_layer", o.feature_layer, where);
+  read_option(sec, "pool", o.pool, where);
+  read_option(sec, "feature_norm", o.feature_norm, where);
   if (!o.feature_norm.empty() && o.feature_norm != "standardize")
     raise(where, "feature_norm", "expected standardize (or leave it out), got '", o.feature_norm, "'");
-  get_into(sec, "tune", o.tune, where);
+  read_option(sec, "tune", o.tune, where);
   check_tune(o.tune, where);
   if (sec.contains("lora")) {
     const auto& l = sec["lora"];
     check_keys(l, {"r", "alpha", "dropout", "target_modules"}, where + " lora");
-    get_into(l, "r", o.lora.lora.r, where + " lora");
-    get_into(l, "alpha", o.lora.lora.alpha, where + " lora");
-    get_into(l, "dropout", o.lora.lora.dropout, where + " lora");
-    get_into(l, "target_modules", o.lora.target_modules, where + " lora");
+    read_option(l, "r", o.lora.lora.r, where + " lora");
+    read_option(l, "alpha", o.lora.lora.alpha, where + " lora");
+    read_option(l, "dropout", o.lora.lora.dropout, where + " lora");
+    read_option(l, "target_modules", o.lora.target_modules, where + " lora");
   }
   return m.config();
 }

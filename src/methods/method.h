@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "io/hf_config.h"
+#include "io/json_file.h"
 #include "model/llama.h"
 #include "model/seams.h"
 #include "vision/feature_select.h"
@@ -109,6 +110,11 @@ torch::Tensor splice_image_embeds(model::LlamaForCausalLMImpl& lm, const torch::
 // Strict copy of `want` from a safetensors file: every tensor present with its shape, nothing
 // unexpected (the errors name the file and the tensor).
 void load_tensors_strict(const std::string& file, const std::vector<std::pair<std::string, torch::Tensor>>& want);
+// Reads j[key] into `out` when present and not null (errors name `where` and the key).
+template <typename T>
+void read_option(const nlohmann::json& j, const char* key, T& out, const std::string& where) {
+  if (j.contains(key) && !j[key].is_null()) out = io::json_get<T>(j, key, where);
+}
 // Keys of `j` not in `allowed` are errors naming `where` and the key.
 void check_keys(const nlohmann::json& j, const std::vector<std::string>& allowed, const std::string& where);
 

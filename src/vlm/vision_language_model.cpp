@@ -20,6 +20,7 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
     : spec_(spec), device_(device), template_(text::ChatTemplate::by_name(spec.template_name)) {
   method_ = methods::create(spec.method);
   method_->configure(spec.options, "method options");
+  spec_.options = method_->config();  // complete and normalised: what adapter_config.json records
   auto dtype = io::dtype_from_name(spec.dtype, "dtype");
   lm_ = model::load_llama(spec.llm, dtype, device);
   tok_ = text::load_tokenizer(spec.llm);
@@ -142,8 +143,6 @@ Batch VisionLanguageModel::collate(const std::vector<text::EncodedPrompt>& promp
 void VisionLanguageModel::save_adapter(const std::string& dir) const {
   fs::create_directories(dir);
   auto j = spec_.to_json();
-  const auto live = method_->config();  // the method's live options
-  for (const auto& [k, v] : live.items()) j[k] = v;
   io::write_safetensors(dir + "/adapter_model.safetensors", trainable_state(), {{"format", "pt"}, {"method", spec_.method}});
   io::write_text_atomic(dir + "/adapter_config.json", j.dump(2) + "\n");
 }
