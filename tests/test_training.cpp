@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <numeric>
+#include <random>
+#include <set>
 
 #include "adapters/peft.h"
 #include "common/error.h"
@@ -52,9 +55,15 @@ TEST(Templates, ExactTextOfEveryTemplate) {
             "<s>A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, "
             "detailed, and polite answers to the user's questions. USER: <image>\nWhat is it? ASSISTANT: A cat.</s>");
   EXPECT_EQ(text::ChatTemplate::by_name("plain").render(c, false), "<s><image>A cat.\n");
-  EXPECT_EQ(text::ChatTemplate::by_name("llama_2").render(c, false), "<s>[INST] <image>\nWhat is it? [/INST] A cat. </s>");
+  EXPECT_EQ(text::ChatTemplate::by_name("mistral_instruct").render(c, false), "<s>[INST] <image>\nWhat is it? [/INST] A cat. </s>");
+  c.system = "Be brief.";
+  EXPECT_EQ(text::ChatTemplate::by_name("llama_2").render(c, false),
+            "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n<image>\nWhat is it? [/INST] A cat. </s>");
+  EXPECT_EQ(text::ChatTemplate::by_name("mpt").render(c, false),
+            "<s><|im_start|>system\nBe brief.<|im_end|><|im_start|>user\n<image>\nWhat is it?<|im_end|><|im_start|>assistant\nA cat.<|im_end|>");
+  c.system.clear();
   EXPECT_EQ(text::ChatTemplate::by_name("chatml").render(c, false),
-            "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>\n");
+            "<s><|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA cat.<|im_end|>\n");
   EXPECT_EQ(text::ChatTemplate::by_name("alpaca").render(c, false),
             "<s>Below is an instruction that describes a task. Write a response that appropriately completes the "
             "request.\n\n### Instruction:\n<image>\nWhat is it?\n\n### Response:A cat.</s>");
@@ -62,7 +71,7 @@ TEST(Templates, ExactTextOfEveryTemplate) {
   q.turns = {{"user", "Hi"}};
   std::string gen = text::ChatTemplate::by_name("vicuna_v1").render(q, true);
   EXPECT_EQ(gen.substr(gen.size() - 20), " USER: Hi ASSISTANT:");
-  EXPECT_THROW(text::ChatTemplate::by_name("mpt"), VadaptError);
+  EXPECT_THROW(text::ChatTemplate::by_name("vicuna_v2"), VadaptError);
   EXPECT_THROW(text::ChatTemplate::by_name("vicuna_v1").segments(c, true), VadaptError);  // last turn is the assistant's
 }
 
@@ -89,6 +98,130 @@ TEST(Templates, LabelsCoverExactlyTheAssistantTurnsAndEos) {
   want.push_back(257);
   EXPECT_EQ(trained, want);
   EXPECT_EQ(std::count(e.ids.begin(), e.ids.end(), text::kImageToken), 3);
+}
+
+TEST(Templates, IdsAreTheWholeStringTokenisedForTokenizerJson) {
+  // The reference tokenises the whole prompt string (split only at <image> and special tokens):
+  // for a byte-level BPE model that is tok.encode of each run between them.
+  TempDir tmp;
+  vadapt::test::write_tiny_tokenizer(tmp.path(), 300);
+  auto tok = text::load_tokenizer(tmp.path());
+  for (const std::string name : text::template_names()) {
+    SCOPED_TRACE(name);
+    text::Conversation c;
+    c.turns = {{"user", "<image>\nin the"}, {"assistant", "the in"}};
+    if (name != "plain") c.turns.insert(c.turns.end(), {{"user", "the"}, {"assistant", "in"}});
+    const auto tmpl = text::ChatTemplate::by_name(name);
+    auto e = text::encode_segments(*tok, tmpl.segments(c, false), 2);
+    std::string s = tmpl.render(c, false);
+    std::vector<int64_t> want;
+    size_t pos = 0, run = 0;
+    auto flush = [&](size_t end) {
+      auto ids = tok->encode(s.substr(run, end - run), false);
+      want.insert(want.end(), ids.begin(), ids.end());
+    };
+    while (pos < s.size()) {
+      int64_t special = s.compare(pos, 3, "<s>") == 0 ? tok->bos_id() : s.compare(pos, 4, "</s>") == 0 ? tok->eos_id()
+                        : s.compare(pos, 7, "<image>") == 0 ? text::kImageToken : -1;
+      if (special == -1) {
+        ++pos;
+        continue;
+      }
+      const size_t len = special == tok->bos_id() ? 3 : special == tok->eos_id() ? 4 : 7;
+      flush(pos);
+      if (special == text::kImageToken) want.insert(want.end(), 2, special);
+      else if (special >= 0 && !(special == tok->bos_id() && pos == 0 && !tok->add_bos_token())) want.push_back(special);
+      pos += len;
+      run = pos;
+    }
+    flush(s.size());
+    EXPECT_EQ(e.ids, want) << s;
+  }
+}
+
+TEST(Templates, MethodsWithoutImageTokensDropTheTagAndItsNewline) {
+  TempDir tmp;
+  vadapt::test::write_tiny_tokenizer(tmp.path(), 300);
+  auto tok = text::load_tokenizer(tmp.path());
+  text::Conversation a, b;
+  a.turns = {{"user", "<image>\nin the"}, {"assistant", "the"}};
+  b.turns = {{"user", "in the"}, {"assistant", "the"}};
+  const auto t = text::ChatTemplate::by_name("alpaca");
+  auto ea = text::encode_segments(*tok, t.segments(a, false), 0), eb = text::encode_segments(*tok, t.segments(b, false), 0);
+  EXPECT_EQ(ea.ids, eb.ids);
+  EXPECT_EQ(ea.labels, eb.labels);
+  EXPECT_EQ(ea.num_images, 1);
+}
+
+TEST(Data, ImageTagMovesToTheFrontAndLeadingAssistantTurnsAreSkippedAsInLlava) {
+  TempDir tmp;
+  io::write_text_atomic(tmp.file("d.json"), R"([{"id": "a", "image": "x.png", "conversations": [
+      {"from": "gpt", "value": "ignored"}, {"from": "human", "value": "What is it?\n<image>"}, {"from": "gpt", "value": "A cat."},
+      {"from": "human", "value": "  <image> colour? "}, {"from": "gpt", "value": "grey"}]}])");
+  data::LoadOptions o;
+  o.check_images = false;
+  auto s = data::load_dataset(tmp.file("d.json"), o);
+  ASSERT_EQ(s.size(), 1u);
+  ASSERT_EQ(s[0].conv.turns.size(), 4u);
+  EXPECT_EQ(s[0].conv.turns[0].text, "<image>\nWhat is it?");
+  EXPECT_EQ(s[0].conv.turns[2].text, "<image>\ncolour?");
+  o.image_placement = "as_written";
+  s = data::load_dataset(tmp.file("d.json"), o);
+  EXPECT_EQ(s[0].conv.turns[0].text, "What is it?\n<image>");
+  o.image_placement = "middle";
+  EXPECT_THROW(data::load_dataset(tmp.file("d.json"), o), VadaptError);
+  text::Conversation three;
+  three.turns = {{"user", "<image>"}, {"assistant", "a"}, {"user", "b"}, {"assistant", "c"}};
+  EXPECT_THROW(text::ChatTemplate::by_name("plain").segments(three, false), VadaptError);  // LLaVA's preprocess_plain asserts
+}
+
+TEST(Data, ScienceQaFormatsFollowBasePromptPy) {
+  TempDir tmp;
+  io::write_text_atomic(tmp.file("problems.json"), R"({"7": {"question": "Which is a mammal?", "choices": ["frog", "cat"], "answer": 1,
+      "hint": "", "image": "image.png", "lecture": "Mammals have fur.", "solution": "A cat has fur.", "subject": "natural science",
+      "grade": "grade3"}})");
+  io::write_text_atomic(tmp.file("pid_splits.json"), R"({"train": ["7"]})");
+  data::LoadOptions o;
+  o.check_images = false;
+  o.pid_split = "train";
+  auto s = data::load_dataset(tmp.file("problems.json"), o);
+  ASSERT_EQ(s.size(), 1u);
+  EXPECT_EQ(s[0].conv.turns[0].text, "<image>\nWhich is a mammal?\nA. frog\nB. cat");
+  EXPECT_EQ(s[0].conv.turns[1].text, "B");
+  o.scienceqa_format = "QCM-LEA";  // convert_sqa_to_llava.py: no "Question: " / "Answer: ", image after the text
+  s = data::load_dataset(tmp.file("problems.json"), o);
+  EXPECT_EQ(s[0].conv.turns[0].text, "<image>\nWhich is a mammal?\nContext: N/A\nOptions: (A) frog (B) cat");
+  EXPECT_EQ(s[0].conv.turns[1].text, "Mammals have fur. A cat has fur. The answer is B.");
+  o.image_placement = "as_written";
+  s = data::load_dataset(tmp.file("problems.json"), o);
+  EXPECT_EQ(s[0].conv.turns[0].text, "Which is a mammal?\nContext: N/A\nOptions: (A) frog (B) cat\n<image>");
+  o.image_placement = "front";
+  o.scienceqa_format = "QCM-ALE";  // LaVIN
+  s = data::load_dataset(tmp.file("problems.json"), o);
+  EXPECT_EQ(s[0].conv.turns[0].text, "<image>\nQuestion: Which is a mammal?\nContext: N/A\nOptions: (A) frog (B) cat");
+  EXPECT_EQ(s[0].conv.turns[1].text, "The answer is B. BECAUSE: Mammals have fur. A cat has fur.");
+  o.scienceqa_format = "QCM-X";
+  EXPECT_THROW(data::load_dataset(tmp.file("problems.json"), o), VadaptError);
+}
+
+TEST(Training, GroupByModalityLengthKeepsEachBatchToOneModality) {
+  std::vector<data::Sample> d(23);
+  for (size_t i = 0; i < d.size(); ++i) {
+    d[i].image = i % 3 == 0 ? "" : "img.png";
+    d[i].conv.turns = {{"user", std::string(i, 'w') + " a b"}, {"assistant", "x"}};
+  }
+  std::vector<size_t> order(d.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::mt19937_64 rng(3);
+  auto g = train::group_by_modality(d, order, 4, rng);
+  ASSERT_EQ(g.size(), d.size());
+  EXPECT_EQ(std::set<size_t>(g.begin(), g.end()).size(), d.size());
+  // 15 image samples -> 3 full batches + 3 left; 8 text -> 1 full + 4 left: 4 pure batches, then the rest.
+  for (size_t b = 0; b < 4; ++b) {
+    std::set<bool> kinds;
+    for (size_t k = 0; k < 4; ++k) kinds.insert(d[g[b * 4 + k]].image.empty());
+    EXPECT_EQ(kinds.size(), 1u) << "batch " << b;
+  }
 }
 
 TEST(Data, MalformedRecordsNameFileIndexAndField) {

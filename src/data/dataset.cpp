@@ -38,7 +38,30 @@ std::string resolve(const std::string& root, const std::string& p) {
   return (fs::path(root) / p).string();
 }
 
-Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t index, const std::string& root) {
+std::string strip(const std::string& t) {
+  const char* ws = " \t\n\r\f\v";
+  size_t a = t.find_first_not_of(ws);
+  if (a == std::string::npos) return {};
+  return t.substr(a, t.find_last_not_of(ws) - a + 1);
+}
+
+// LLaVA's preprocess_multimodal: the tag leaves the text and comes back at the front, then "\n".
+std::string image_first(const std::string& t) {
+  std::string rest = t;
+  for (size_t at; (at = rest.find(text::kImageTag)) != std::string::npos;) rest.erase(at, std::string(text::kImageTag).size());
+  return strip(std::string(text::kImageTag) + "\n" + strip(rest));
+}
+
+std::string replace_all(std::string t, const std::string& from, const std::string& to) {
+  for (size_t at = 0; (at = t.find(from, at)) != std::string::npos; at += to.size()) t.replace(at, from.size(), to);
+  return t;
+}
+
+// base_prompt.py: text.replace("  ", " ").strip() (one pass, as Python's replace).
+std::string single_spaced(const std::string& t) { return strip(replace_all(t, "  ", " ")); }
+
+Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t index, const std::string& root,
+                   const std::string& placement) {
   if (!r.is_object()) bad(file, index, "", "must be an object");
   Sample s;
   auto id = r.find("id");
@@ -53,7 +76,13 @@ Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t ind
   if (type != r.end() && type->is_string()) s.type = type->get<std::string>();
   auto conv = r.find("conversations");
   if (conv == r.end() || !conv->is_array() || conv->empty()) bad(file, index, "conversations", "missing or empty list");
-  for (size_t i = 0; i < conv->size(); ++i) {
+  size_t skip = 0;  // LLaVA skips a leading assistant turn (preprocess_v1 and the others)
+  if ((*conv)[0].is_object() && (*conv)[0].contains("from") && (*conv)[0]["from"].is_string()) {
+    const auto from = (*conv)[0]["from"].get<std::string>();
+    if (from == "gpt" || from == "assistant") skip = 1;
+  }
+  if (skip >= conv->size()) bad(file, index, "conversations", "holds only an assistant turn");
+  for (size_t i = skip; i < conv->size(); ++i) {
     const auto& t = (*conv)[i];
     std::string f = "conversations[" + std::to_string(i) + "]";
     if (!t.is_object() || !t.contains("from") || !t["from"].is_string()) bad(file, index, f + ".from", "missing string");
@@ -61,14 +90,17 @@ Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t ind
     std::string from = t["from"].get<std::string>();
     std::string role = (from == "human" || from == "user") ? "user" : (from == "gpt" || from == "assistant") ? "assistant" : "";
     if (role.empty()) bad(file, index, f + ".from", "expected human/user or gpt/assistant, got '" + from + "'");
-    const char* want = i % 2 == 0 ? "user" : "assistant";
+    const char* want = (i - skip) % 2 == 0 ? "user" : "assistant";
     if (role != want) bad(file, index, f + ".from", std::string("turns must alternate starting with the user; expected ") + want);
     s.conv.turns.push_back({role, t["value"].get<std::string>()});
   }
   const std::string& first = s.conv.turns[0].text;
   bool has_tag = false;
   for (const auto& t : s.conv.turns) has_tag = has_tag || t.text.find(text::kImageTag) != std::string::npos;
-  if (!s.image.empty() && !has_tag) s.conv.turns[0].text = std::string(text::kImageTag) + "\n" + first;  // LLaVA default
+  if (!s.image.empty() && !has_tag) s.conv.turns[0].text = std::string(text::kImageTag) + "\n" + first;
+  if (placement == "front")
+    for (auto& t : s.conv.turns)
+      if (t.text.find(text::kImageTag) != std::string::npos) t.text = image_first(t.text);
   if (s.image.empty() && has_tag) bad(file, index, "image", "conversation has <image> but the record has no image");
   return s;
 }
@@ -117,7 +149,7 @@ std::vector<Sample> load_llava(const std::string& path, const LoadOptions& o, Lo
   for (size_t i = 0; i < j.size(); ++i)
     guarded(o, rep, [&] {
       const auto idx = static_cast<int64_t>(i);
-      out.push_back(alpaca ? parse_alpaca(j[i], path, idx, o.image_root) : parse_llava(j[i], path, idx, o.image_root));
+      out.push_back(alpaca ? parse_alpaca(j[i], path, idx, o.image_root) : parse_llava(j[i], path, idx, o.image_root, o.image_placement));
     });
   return out;
 }
@@ -220,9 +252,31 @@ std::vector<Sample> load_scienceqa(const std::string& path, const LoadOptions& o
           p["answer"].get<size_t>() >= p["choices"].size())
         throw BadRecord(path, rec + " field 'answer'", "expected an index into 'choices'");
       const std::string hint = p.contains("hint") && p["hint"].is_string() ? p["hint"].get<std::string>() : "";
-      std::string text = hint.empty() ? "" : "Context: " + hint + "\n";
-      text += question;
-      for (size_t c = 0; c < p["choices"].size(); ++c) text += cat("\n", static_cast<char>('A' + c), ". ", p["choices"][c].get<std::string>());
+      const auto& choices = p["choices"];
+      const char answer = static_cast<char>('A' + p["answer"].get<int>());
+      auto opt_text = [&](const std::string& field) {
+        return p.contains(field) && p[field].is_string() ? p[field].get<std::string>() : std::string();
+      };
+      std::string text, target;
+      if (o.scienceqa_format == "CQM-A") {  // LLaVA's evaluation file (llava_test_CQM-A.json)
+        text = hint.empty() ? "" : "Context: " + hint + "\n";
+        text += question;
+        for (size_t c = 0; c < choices.size(); ++c) text += cat("\n", static_cast<char>('A' + c), ". ", choices[c].get<std::string>());
+        target = std::string(1, answer);
+      } else {  // ScienceQA's base_prompt.py, as LLaVA (QCM-LEA) and LaVIN (QCM-ALE) train on it
+        std::string opts;
+        for (size_t c = 0; c < choices.size(); ++c)
+          opts += cat(c ? " " : "", "(", static_cast<char>('A' + c), ") ", choices[c].get<std::string>());
+        text = single_spaced("Question: " + question + "\nContext: " + (strip(hint).empty() ? "N/A" : strip(hint)) + "\nOptions: " + opts + "\n");
+        const std::string lecture = opt_text("lecture"), solution = opt_text("solution");
+        if (o.scienceqa_format == "QCM-LEA") {
+          text = replace_all(text, "Question: ", "");  // convert_sqa_to_llava.py drops the prefixes
+          target = replace_all(single_spaced(cat("Answer: ", lecture, " ", solution, " The answer is ", answer, ".")), "Answer: ", "");
+        } else {
+          target = single_spaced(cat("The answer is ", answer, ". BECAUSE: ", lecture, " ", solution));
+          if (target.size() >= 8 && target.compare(target.size() - 8, 8, "BECAUSE:") == 0) target = strip(target.substr(0, target.size() - 8));
+        }
+      }
       Sample s;
       s.id = pid;
       if (p.contains("image") && p["image"].is_string()) {
@@ -232,9 +286,10 @@ std::vector<Sample> load_scienceqa(const std::string& path, const LoadOptions& o
           auto cand = fs::path(root) / "images" / split / pid / img;
           if (fs::exists(cand)) s.image = cand.string();
         }
-        text = std::string(text::kImageTag) + "\n" + text;
+        text = o.scienceqa_format == "QCM-LEA" && o.image_placement == "as_written" ? text + "\n" + text::kImageTag
+                                                                                   : std::string(text::kImageTag) + "\n" + text;
       }
-      s.conv.turns = {{"user", text}, {"assistant", std::string(1, static_cast<char>('A' + p["answer"].get<int>()))}};
+      s.conv.turns = {{"user", text}, {"assistant", target}};
       s.type = p.value("subject", "");
       s.tags = {{"subject", p.value("subject", "")},
                 {"grade", p.value("grade", "")},
@@ -251,6 +306,10 @@ std::vector<Sample> load_scienceqa(const std::string& path, const LoadOptions& o
 std::vector<Sample> load_dataset(const std::string& path, const LoadOptions& opts_in, LoadReport* report) {
   LoadOptions o = opts_in;
   if (!fs::exists(path)) raise(path, "", "dataset file does not exist");
+  if (o.image_placement != "front" && o.image_placement != "as_written")
+    raise(path, "image_placement", "expected 'front' or 'as_written', got '", o.image_placement, "'");
+  if (o.scienceqa_format != "CQM-A" && o.scienceqa_format != "QCM-LEA" && o.scienceqa_format != "QCM-ALE")
+    raise(path, "scienceqa_format", "expected CQM-A, QCM-LEA or QCM-ALE, got '", o.scienceqa_format, "'");
   if (o.image_root.empty()) o.image_root = fs::path(path).parent_path().string();
   std::string fmt = o.format;
   if (fmt.empty()) {

@@ -6,7 +6,7 @@
 //  coco     COCO captions annotations/captions_*.json: one sample per caption
 //  jsonl    one {"image": ..., "text": ...} per line (a caption per image)
 //  scienceqa  the original ScienceQA problems.json + pid_splits.json beside it (LoadOptions::
-//           pid_split picks the split); prompts in LLaVA's CQM-A form, answer = the letter;
+//           pid_split picks the split); prompt and answer in LoadOptions::scienceqa_format;
 //           images from images/<train|val|test>/<pid>/image.png beside the file
 // A malformed record gets an error naming file, record index and field; with skip_bad it is
 // counted and skipped. Missing image files are all reported up front.
@@ -40,6 +40,13 @@ struct LoadOptions {
   int64_t split_every = 0;
   std::string split;  // "", "train" or "val"
   std::string pid_split = "test";  // format scienceqa: a key of pid_splits.json
+  // format llava: "front" moves "<image>" to the start of its turn followed by "\n", as LLaVA's
+  // preprocess_multimodal does to every training and evaluation sample; "as_written" keeps it.
+  std::string image_placement = "front";
+  // format scienceqa: CQM-A (LLaVA's evaluation prompt, answer = the letter), QCM-LEA (LLaVA's
+  // ScienceQA fine-tune: "lecture solution The answer is X."), QCM-ALE (LaVIN: "The answer is X.
+  // BECAUSE: lecture solution").
+  std::string scienceqa_format = "CQM-A";
 };
 
 struct LoadReport {

@@ -160,13 +160,14 @@ std::vector<std::string> BpeTokenizer::pre_tokenize(const std::string& text) con
   return out;
 }
 
-void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int64_t>& out) const {
+void BpeTokenizer::encode_piece(const std::string& piece, int64_t begin, Encoding& out) const {
   std::string mapped;
   for (unsigned char b : piece) mapped += byte_to_unicode_[b];
   if (ignore_merges_) {
     auto it = vocab_.find(mapped);
     if (it != vocab_.end()) {
-      out.push_back(it->second);
+      out.ids.push_back(it->second);
+      out.begins.push_back(begin);
       return;
     }
   }
@@ -185,25 +186,43 @@ void BpeTokenizer::encode_piece(const std::string& piece, std::vector<int64_t>& 
   for (const auto& p : parts) {
     auto it = vocab_.find(p);
     if (it == vocab_.end()) raise(source_, "model.vocab", "no token for BPE piece '", p, "'");
-    out.push_back(it->second);
+    out.ids.push_back(it->second);
+    out.begins.push_back(begin);
+    begin += static_cast<int64_t>(utf8_chars(p).size());  // one mapped character per byte
   }
 }
 
-std::vector<int64_t> BpeTokenizer::encode(const std::string& text_in, bool add_bos) const {
+std::vector<int64_t> BpeTokenizer::encode(const std::string& text, bool add_bos) const {
   std::vector<int64_t> out;
   if (add_bos && add_bos_token_ && bos_id_ >= 0) out.push_back(bos_id_);
-  std::string text = (add_prefix_space_ && !text_in.empty() && text_in[0] != ' ') ? " " + text_in : text_in;
+  auto e = encode_offsets(text, true);
+  out.insert(out.end(), e.ids.begin(), e.ids.end());
+  return out;
+}
+
+// Byte-level BPE has no dummy prefix; `add_prefix_space` of the ByteLevel pre-tokenizer plays
+// that part (its inserted space is reported at offset 0).
+Tokenizer::Encoding BpeTokenizer::encode_offsets(const std::string& text_in, bool dummy_prefix) const {
+  Encoding out;
+  const bool space = dummy_prefix && add_prefix_space_ && !text_in.empty() && text_in[0] != ' ';
+  const std::string text = space ? " " + text_in : text_in;
+  const int64_t shift = space ? 1 : 0;
   size_t pos = 0, seg = 0;
   auto flush = [&](size_t end) {
-    if (end > seg)
-      for (const auto& p : pre_tokenize(text.substr(seg, end - seg))) encode_piece(p, out);
+    if (end <= seg) return;
+    int64_t at = static_cast<int64_t>(seg);
+    for (const auto& p : pre_tokenize(text.substr(seg, end - seg))) {
+      encode_piece(p, std::max<int64_t>(0, at - shift), out);
+      at += static_cast<int64_t>(p.size());
+    }
   };
   while (pos < text.size()) {
     bool matched = false;
     for (const auto& [content, id] : added_) {
       if (!content.empty() && text.compare(pos, content.size(), content) == 0) {
         flush(pos);
-        out.push_back(id);
+        out.ids.push_back(id);
+        out.begins.push_back(std::max<int64_t>(0, static_cast<int64_t>(pos) - shift));
         pos += content.size();
         seg = pos;
         matched = true;

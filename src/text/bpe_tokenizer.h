@@ -20,9 +20,10 @@ class BpeTokenizer : public Tokenizer {
   std::string decode(const std::vector<int64_t>& ids) const override;
   int64_t vocab_size() const override { return static_cast<int64_t>(id_to_token_.size()); }
   int64_t token_to_id(const std::string& token) const override;
+  Encoding encode_offsets(const std::string& text, bool dummy_prefix) const override;
 
  private:
-  void encode_piece(const std::string& piece, std::vector<int64_t>& out) const;
+  void encode_piece(const std::string& piece, int64_t begin, Encoding& out) const;
   std::vector<std::string> pre_tokenize(const std::string& text) const;
 
   std::unordered_map<std::string, int64_t> vocab_;

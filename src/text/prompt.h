@@ -2,7 +2,7 @@
 // user turns, image, assistant turns), and input_ids, labels and image positions are produced
 // together from the same segments, so labels can never drift from the tokens (LLaVA's
 // "tokenization mismatch"). Loss only on assistant turns (labels elsewhere = kIgnore).
-// Templates: plain (LLaVA stage 1), vicuna_v1, llama_2, chatml, alpaca.
+// Templates: see template_names(); LLaVA's are spelled as in its conversation.py.
 #pragma once
 
 #include <cstdint>
@@ -48,14 +48,16 @@ class ChatTemplate {
   std::vector<Segment> segments(const Conversation& c, bool add_generation_prompt) const;
   // The exact text those segments spell ("<image>" and "</s>" written out).
   std::string render(const Conversation& c, bool add_generation_prompt) const;
+  // Text that ends an answer besides EOS ("###" for v0, "<|im_end|>" for the ChatML forms).
+  std::vector<std::string> stop_strings() const;
 
  private:
   std::string name_;
 };
 
-// Tokenises segments independently and concatenates; image segments become `image_tokens`
-// copies of kImageToken. For SentencePiece a segment's single leading space is carried by the
-// tokenizer's dummy prefix.
+// Tokenises the prompt as the reference does (the whole string, split only at images and
+// special tokens); image segments become `image_tokens` copies of kImageToken (with
+// image_tokens 0 the tag and the newline after it are left out).
 EncodedPrompt encode_segments(const Tokenizer& tok, const std::vector<Segment>& segs, int64_t image_tokens);
 
 std::vector<std::string> template_names();

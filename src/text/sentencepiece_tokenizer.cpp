@@ -20,6 +20,8 @@ struct SentencePiecePlugin {
   void (*free)(void*);
   int64_t (*encode)(void*, const char*, size_t);
   const int* (*ids)(void*);
+  int64_t (*encode_offsets)(void*, const char*, size_t, int);
+  const int64_t* (*begins)(void*);
   int64_t (*decode)(void*, const int*, size_t);
   const char* (*text)(void*);
   const char* (*error)(void*);
@@ -76,6 +78,8 @@ const SentencePiecePlugin& plugin() {
     api.free = reinterpret_cast<decltype(api.free)>(sym("vadapt_sp_free"));
     api.encode = reinterpret_cast<decltype(api.encode)>(sym("vadapt_sp_encode"));
     api.ids = reinterpret_cast<decltype(api.ids)>(sym("vadapt_sp_ids"));
+    api.encode_offsets = reinterpret_cast<decltype(api.encode_offsets)>(sym("vadapt_sp_encode_offsets"));
+    api.begins = reinterpret_cast<decltype(api.begins)>(sym("vadapt_sp_begins"));
     api.decode = reinterpret_cast<decltype(api.decode)>(sym("vadapt_sp_decode"));
     api.text = reinterpret_cast<decltype(api.text)>(sym("vadapt_sp_text"));
     api.error = reinterpret_cast<decltype(api.error)>(sym("vadapt_sp_error"));
@@ -117,6 +121,18 @@ std::vector<int64_t> SentencePieceTokenizer::encode(const std::string& text, boo
   const int* ids = api_->ids(handle_);
   out.insert(out.end(), ids, ids + n);
   return out;
+}
+
+Tokenizer::Encoding SentencePieceTokenizer::encode_offsets(const std::string& text, bool dummy_prefix) const {
+  Encoding e;
+  if (text.empty()) return e;
+  int64_t n = api_->encode_offsets(handle_, text.data(), text.size(), dummy_prefix ? 1 : 0);
+  if (n < 0) raise(source_, "", "encode failed: ", api_->error(handle_));
+  const int* ids = api_->ids(handle_);
+  const int64_t* begins = api_->begins(handle_);
+  e.ids.assign(ids, ids + n);
+  e.begins.assign(begins, begins + n);
+  return e;
 }
 
 std::string SentencePieceTokenizer::decode(const std::vector<int64_t>& ids) const {

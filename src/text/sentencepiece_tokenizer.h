@@ -19,6 +19,7 @@ class SentencePieceTokenizer : public Tokenizer {
   int64_t vocab_size() const override { return vocab_size_; }
   int64_t token_to_id(const std::string& token) const override;
   bool has_dummy_prefix() const override { return true; }
+  Encoding encode_offsets(const std::string& text, bool dummy_prefix) const override;
 
  private:
   const SentencePiecePlugin* api_;

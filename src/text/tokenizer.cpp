@@ -37,6 +37,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   if (fs::exists(cfg)) {
     auto j = io::read_json(cfg.string());
     if (j.contains("add_bos_token") && j["add_bos_token"].is_boolean()) tok->add_bos_token_ = j["add_bos_token"].get<bool>();
+    if (j.contains("legacy") && j["legacy"].is_boolean()) tok->legacy_ = j["legacy"].get<bool>();
     auto set_id = [&](const char* key, int64_t& slot) {
       if (!j.contains(key)) return;
       std::string s = token_string(j[key]);

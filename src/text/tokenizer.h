@@ -22,6 +22,18 @@ class Tokenizer {
   // SentencePiece prepends a space ("▁") to every encoded text.
   virtual bool has_dummy_prefix() const { return false; }
 
+  // `text` alone (no BOS), with the byte offset in `text` where each token starts. With
+  // `dummy_prefix` false, SentencePiece encodes without its dummy prefix: what a Hugging Face
+  // `legacy: false` Llama tokenizer does for text that follows a special token.
+  struct Encoding {
+    std::vector<int64_t> ids;
+    std::vector<int64_t> begins;
+  };
+  virtual Encoding encode_offsets(const std::string& text, bool dummy_prefix) const = 0;
+  // tokenizer_config.json "legacy" (Hugging Face's default when absent: true): every piece of
+  // text between special tokens gets the dummy prefix, "</s>USER" -> "</s>", "▁US", "ER".
+  bool legacy() const { return legacy_; }
+
   int64_t bos_id() const { return bos_id_; }
   int64_t eos_id() const { return eos_id_; }
   int64_t pad_id() const { return pad_id_ >= 0 ? pad_id_ : (eos_id_ >= 0 ? eos_id_ : 0); }
@@ -31,6 +43,7 @@ class Tokenizer {
  protected:
   int64_t bos_id_ = -1, eos_id_ = -1, pad_id_ = -1;
   bool add_bos_token_ = true;
+  bool legacy_ = true;
   std::string source_;
   friend std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
 };

@@ -146,7 +146,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   // the method's own section (its parser rejects what it does not know).
   const std::vector<std::string> top_keys = {"method", "model", "stages", "train", "data", "description", "feature_cache"};
   const std::vector<std::string> model_keys = {"llm", "vision", "preprocess", "template", "dtype", "seed"};
-  const std::vector<std::string> stage_keys = {"name", "template", "data", "train", "model", "init_from", "feature_cache"};
+  const std::vector<std::string> stage_keys = {"name", "template", "preprocess", "data", "train", "model", "init_from", "feature_cache"};
   auto is_in = [](const std::vector<std::string>& keys, const std::string& k) { return std::find(keys.begin(), keys.end(), k) != keys.end(); };
   for (size_t i = 0; i < top["stages"].size(); ++i) {
     const auto& sj = top["stages"][i];
@@ -173,10 +173,12 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     get_into(model, "dtype", s.dtype, path + " model");
     get_into(model, "seed", s.seed, path + " model");
     get_into(&sj, "template", s.template_name, where);
+    get_into(&sj, "preprocess", s.preprocess, where);  // LLaVA-1.5: square crop in stage 1, pad in stage 2
     s.options = method->parse_recipe(section, cat(where, " (", method_name, ")"));
     const nlohmann::json* d = pick(sj, top, "data");
     if (!d) raise(where, "data", "missing section (train, val, format, image_root, limit)");
-    methods::check_keys(*d, {"train", "val", "format", "image_root", "limit", "val_limit", "skip_bad", "split_every"}, where + " data");
+    methods::check_keys(*d, {"train", "val", "format", "image_root", "limit", "val_limit", "skip_bad", "split_every", "image_placement",
+                                "scienceqa_format"}, where + " data");
     get_into(d, "split_every", st.data.split_every, where + " data");
     // One file or a list (mixed data in one run: e.g. image instructions + text-only Alpaca).
     auto files = [&](const char* key) {
@@ -196,13 +198,15 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     get_into(d, "limit", st.data.limit, where + " data");
     get_into(d, "val_limit", st.data.val_limit, where + " data");
     get_into(d, "skip_bad", st.data.skip_bad, where + " data");
+    get_into(d, "image_placement", st.data.image_placement, where + " data");
+    get_into(d, "scienceqa_format", st.data.scienceqa_format, where + " data");
     TrainConfig& t = st.train;
     for (const nlohmann::json* tj : {top.contains("train") ? &top["train"] : nullptr, sj.contains("train") ? &sj["train"] : nullptr}) {
       if (!tj) continue;
       std::string w = where + " train";
       methods::check_keys(*tj, {"epochs", "max_steps", "batch_size", "grad_accum", "lr", "blr", "lr_projector", "weight_decay", "beta1",
                        "beta2", "eps", "max_grad_norm", "warmup_ratio", "warmup_epochs", "schedule", "max_seq_len", "seed", "log_every",
-                       "save_every", "keep_last", "eval_every", "eval_batches", "precision", "plot"}, w);
+                       "save_every", "keep_last", "eval_every", "eval_batches", "precision", "plot", "group_by_modality_length"}, w);
       get_into(tj, "epochs", t.epochs, w);
       get_into(tj, "max_steps", t.max_steps, w);
       get_into(tj, "batch_size", t.batch_size, w);
@@ -217,6 +221,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       get_into(tj, "max_grad_norm", t.max_grad_norm, w);
       get_into(tj, "warmup_ratio", t.warmup_ratio, w);
       get_into(tj, "warmup_epochs", t.warmup_epochs, w);
+      get_into(tj, "group_by_modality_length", t.group_by_modality_length, w);
       get_into(tj, "schedule", t.schedule, w);
       get_into(tj, "max_seq_len", t.max_seq_len, w);
       get_into(tj, "seed", t.seed, w);

@@ -21,6 +21,8 @@ struct StageData {
   int64_t limit = -1, val_limit = -1;   // per file
   int64_t split_every = 0;  // > 0: train/val from one file, every k-th image held out
   bool skip_bad = false;
+  std::string image_placement = "front";  // data::LoadOptions
+  std::string scienceqa_format = "CQM-A";
 };
 
 struct Stage {

@@ -25,6 +25,8 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
     lo.format = st.data.format;
     lo.image_root = st.data.image_root;
     lo.skip_bad = st.data.skip_bad;
+    lo.image_placement = st.data.image_placement;
+    lo.scienceqa_format = st.data.scienceqa_format;
     lo.limit = st.data.limit;
     lo.split_every = st.data.split_every;
     lo.split = st.data.split_every > 0 ? "train" : "";

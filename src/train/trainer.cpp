@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <numeric>
+#include <sstream>
 #include <random>
 
 #include <unistd.h>
@@ -89,6 +90,39 @@ std::vector<size_t> Trainer::epoch_order(int64_t epoch) const {
   std::iota(order.begin(), order.end(), 0);
   std::mt19937_64 rng(cfg_.seed * 1000003ull + static_cast<uint64_t>(epoch));
   std::shuffle(order.begin(), order.end(), rng);
+  if (!cfg_.group_by_modality_length) return order;
+  return group_by_modality(train_, order, static_cast<size_t>(cfg_.batch_size * world()), rng);
+}
+
+std::vector<size_t> group_by_modality(const std::vector<data::Sample>& data, const std::vector<size_t>& shuffled, size_t megabatch,
+                                      std::mt19937_64& rng) {
+  // length = words of the conversation (+128 with an image), as LLaVA's modality_lengths.
+  auto length = [&](size_t i) {
+    int64_t words = 0;
+    for (const auto& t : data[i].conv.turns) {
+      std::istringstream in(t.text);
+      for (std::string w; in >> w;) ++words;
+    }
+    return words + (data[i].image.empty() ? 0 : 128);
+  };
+  std::vector<std::vector<size_t>> batches;
+  std::vector<size_t> leftover;
+  for (bool image : {true, false}) {
+    std::vector<size_t> part;
+    for (size_t i : shuffled)
+      if (data[i].image.empty() != image) part.push_back(i);
+    for (size_t at = 0; at < part.size(); at += megabatch) {
+      std::vector<size_t> b(part.begin() + static_cast<long>(at), part.begin() + static_cast<long>(std::min(part.size(), at + megabatch)));
+      std::stable_sort(b.begin(), b.end(), [&](size_t x, size_t y) { return length(x) > length(y); });
+      if (at + megabatch >= part.size()) leftover.insert(leftover.end(), b.begin(), b.end());
+      else batches.push_back(std::move(b));
+    }
+  }
+  std::shuffle(batches.begin(), batches.end(), rng);
+  std::sort(leftover.begin(), leftover.end());
+  std::vector<size_t> order;
+  for (const auto& b : batches) order.insert(order.end(), b.begin(), b.end());
+  order.insert(order.end(), leftover.begin(), leftover.end());
   return order;
 }
 
@@ -210,7 +244,7 @@ TrainResult Trainer::fit() {
   const int64_t total_steps = cfg_.max_steps > 0 ? cfg_.max_steps : steps_per_epoch * cfg_.epochs;
   const int64_t warmup = cfg_.warmup_epochs >= 0
                              ? static_cast<int64_t>(std::floor(cfg_.warmup_epochs * static_cast<double>(steps_per_epoch)))
-                             : static_cast<int64_t>(std::floor(cfg_.warmup_ratio * static_cast<double>(total_steps)));
+                             : static_cast<int64_t>(std::ceil(cfg_.warmup_ratio * static_cast<double>(total_steps)));  // as HF
   const double base_lr = cfg_.blr > 0 ? cfg_.blr * static_cast<double>(global_batch) / 256.0 : cfg_.lr;
   auto info = [&](const std::string& msg) {
     if (lead) log_info(msg);

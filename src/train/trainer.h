@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,9 @@ struct TrainConfig {
   double warmup_ratio = 0.03;
   double warmup_epochs = -1;   // >= 0: warmup over this many epochs instead (MAE-style recipes: LLaMA-Adapter, LaVIN)
   std::string schedule = "cosine";
+  // LLaVA's group_by_modality_length: every micro-batch (over all ranks) holds only image or
+  // only text samples, longest first within it; the two leftovers form one last mixed batch.
+  bool group_by_modality_length = false;
   int64_t max_seq_len = 512;
   uint64_t seed = 0;
   int64_t log_every = 10;
@@ -45,6 +49,12 @@ struct TrainConfig {
   // are summed over ranks and normalised by the step's target tokens over all ranks.
   std::shared_ptr<Communicator> comm;
 };
+
+// LLaVA's get_modality_length_grouped_indices over an already shuffled order: megabatches
+// (batch x ranks) of only image or only text samples, longest first within each, in shuffled
+// order; the last, partial megabatch of each modality is joined into one final batch.
+std::vector<size_t> group_by_modality(const std::vector<data::Sample>& data, const std::vector<size_t>& shuffled, size_t megabatch,
+                                      std::mt19937_64& rng);
 
 struct TrainResult {
   int64_t steps = 0;

@@ -349,6 +349,38 @@ std::string compare_table(const nlohmann::json& before, const nlohmann::json& af
 
 // Scores a trained adapter (--adapter) or, for a "before training" baseline, the untrained
 // model a recipe stage starts from (--recipe, --stage).
+struct PromptArgs {
+  std::string tokenizer, template_name = "vicuna_v1", system;
+  std::vector<std::string> user, assistant;
+  int64_t image_tokens = 1;
+};
+
+// One conversation through a template and a tokenizer, as the trainer sees it: input_ids (the
+// image as -200, as LLaVA writes it) and labels (-100 where masked), plus the prompt string.
+int run_prompt(const PromptArgs& a) {
+  if (a.user.empty()) throw VadaptError("prompt: give at least one --user TEXT");
+  if (a.assistant.size() != a.user.size() && a.assistant.size() + 1 != a.user.size())
+    throw VadaptError(cat("prompt: turns alternate user, assistant, ...: ", a.user.size(), " --user need ", a.user.size(), " or ",
+                          a.user.size() - 1, " --assistant, got ", a.assistant.size()));
+  if (a.image_tokens < 0) throw VadaptError("prompt: --image-tokens must be >= 0");
+  auto tok = text::load_tokenizer(a.tokenizer);
+  const auto tmpl = text::ChatTemplate::by_name(a.template_name);
+  text::Conversation c;
+  c.system = a.system;
+  for (size_t i = 0; i < a.user.size(); ++i) {
+    c.turns.push_back({"user", a.user[i]});
+    if (i < a.assistant.size()) c.turns.push_back({"assistant", a.assistant[i]});
+  }
+  const bool gen = a.assistant.size() < a.user.size();  // ends with the assistant's cue
+  auto e = text::encode_segments(*tok, tmpl.segments(c, gen), a.image_tokens);
+  std::vector<std::string> pieces;
+  for (auto id : e.ids) pieces.push_back(id == text::kImageToken ? "<image>" : tok->decode({id}));
+  std::cout << nlohmann::json{{"template", a.template_name}, {"text", tmpl.render(c, gen)}, {"input_ids", e.ids},
+                              {"labels", e.labels}, {"tokens", pieces}, {"legacy", tok->legacy()}}.dump()
+            << std::endl;
+  return 0;
+}
+
 int run_eval(const EvalArgs& a) {
   auto device = parse_device(a.device);
   nlohmann::json before;  // read first, so a bad --baseline fails before the evaluation runs
@@ -475,6 +507,15 @@ int main(int argc, char** argv) {
   mg->add_option("--lora", merge_lora, "a PEFT LoRA folder to fold into --model");
   mg->add_option("--out", merge_out, "output folder")->required();
 
+  PromptArgs pa;
+  auto* pr = app.add_subcommand("prompt", "print a conversation's input_ids and labels as the trainer builds them (JSON)");
+  pr->add_option("--tokenizer", pa.tokenizer, "tokenizer folder (tokenizer.model or tokenizer.json + tokenizer_config.json)")->required();
+  pr->add_option("--template", pa.template_name, "chat template")->check(CLI::IsMember(text::template_names()));
+  pr->add_option("--system", pa.system, "system prompt (default: the template's)");
+  pr->add_option("--user", pa.user, "a user turn (repeat for more turns; '<image>' marks the image)")->required();
+  pr->add_option("--assistant", pa.assistant, "an assistant turn (repeat; turns alternate starting with --user)");
+  pr->add_option("--image-tokens", pa.image_tokens, "placeholders per image (LLaVA's input_ids hold one -200)");
+
   ImportArgs ia;
   auto* im = app.add_subcommand("import", "turn an official release's adapter file into a vadapt adapter folder");
   im->add_option("--recipe", ia.recipe, "recipe YAML naming the method, its options and the frozen models")->required();
@@ -513,6 +554,7 @@ int main(int argc, char** argv) {
     }
     if (*enc) return run_encode(ea);
     if (*im) return run_import(ia);
+    if (*pr) return run_prompt(pa);
     if (*ev) return run_eval(va);
     if (*sy) {
       auto rep = data::write_synthetic_dataset(so);
