@@ -195,6 +195,31 @@ TEST(LlamaAdapterV1, LeftPaddedBatchEqualsOneAtATimeAndBeamOneIsGreedy) {
   EXPECT_EQ(r.tokens[0].size(), 6u);
 }
 
+TEST(Pipeline, StopStringsEndTheAnswerBeforeThem) {
+  World w;
+  vlm::VisionLanguageModel m(v1_spec(w, 3, 2, "raw", true));
+  randomize_gates(m, 3);
+  vlm::Query q;
+  q.conv.turns = {{"user", "Say something long about the weather today, please."}};
+  auto enc = vlm::encode_query(m, q);
+  generate::GenerateOptions o;
+  o.max_new_tokens = 12;
+  o.stop_at_eos = false;
+  auto full = vlm::answer(m, {enc}, {""}, o).tokens[0];
+  const std::string text = m.tokenizer().decode(full);
+  ASSERT_GE(text.size(), 6u);
+  // A stop string from the middle of the answer: the answer ends where it starts.
+  const size_t at = text.size() / 2;
+  o.stop_strings = {text.substr(at, 2)};
+  const size_t first = text.find(o.stop_strings[0]);
+  auto cut = vlm::answer(m, {enc}, {""}, o).tokens[0];
+  const std::string got = m.tokenizer().decode(cut);
+  EXPECT_LE(got.size(), first);
+  EXPECT_EQ(got, text.substr(0, got.size()));
+  EXPECT_LT(cut.size(), full.size());
+  EXPECT_EQ(got.find(o.stop_strings[0]), std::string::npos);
+}
+
 TEST(LlamaAdapterV1, ParameterCountsFromConfigsAlone) {
   TempDir tmp;
   io::LlamaConfig l7;  // LLaMA-7B

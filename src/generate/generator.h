@@ -23,6 +23,9 @@ struct GenerateOptions {
   int64_t max_new_tokens = 128;
   std::vector<int64_t> stop_ids;  // in addition to the model's EOS ids
   bool stop_at_eos = true;
+  // Text that ends a row (cut before it); applied by vlm::answer, which has the tokenizer, in
+  // addition to the chat template's own stop strings.
+  std::vector<std::string> stop_strings;
 };
 
 struct GenerateResult {

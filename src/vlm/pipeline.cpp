@@ -13,9 +13,12 @@ text::EncodedPrompt encode_query(const VisionLanguageModel& m, const Query& q) {
   return enc;
 }
 
-generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
-                                const std::vector<std::string>& images, const generate::GenerateOptions& opts,
-                                const generate::TokenCallback& on_token) {
+namespace {
+
+// Prompts and images -> the method's inputs -> generation.
+generate::GenerateResult generate_for(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
+                                      const std::vector<std::string>& images, const generate::GenerateOptions& opts,
+                                      const generate::TokenCallback& on_token) {
   torch::NoGradGuard ng;
   if (images.size() != prompts.size()) throw VadaptError("answer: one image entry (possibly empty) per prompt");
   std::vector<std::vector<int64_t>> ids;
@@ -34,6 +37,50 @@ generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::
   const bool padded = mask.min().item<int64_t>() == 0;
   generate::Generator gen(m.lm());
   return gen.generate_embeds(in.embeds, padded ? mask : torch::Tensor(), opts, on_token, &in.state);
+}
+
+// Where the first stop string starts in the decoded ids, or npos.
+size_t stop_at(const text::Tokenizer& tok, const std::vector<int64_t>& ids, const std::vector<std::string>& stops) {
+  const std::string t = tok.decode(ids);
+  size_t best = std::string::npos;
+  for (const auto& s : stops) best = std::min(best, t.find(s));
+  return best;
+}
+}  // namespace
+
+generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
+                                const std::vector<std::string>& images, const generate::GenerateOptions& opts_in,
+                                const generate::TokenCallback& on_token_in) {
+  torch::NoGradGuard ng;
+  // The template's stop strings ("###" for v0, "<|im_end|>" for the ChatML forms): one that is a
+  // single token of the vocabulary is a stop id; the others end a row once its text holds them,
+  // and the answer is cut before them.
+  generate::GenerateOptions opts = opts_in;
+  std::vector<std::string> text_stops;
+  auto stops = m.chat_template().stop_strings();
+  stops.insert(stops.end(), opts_in.stop_strings.begin(), opts_in.stop_strings.end());
+  for (const auto& s : stops) {
+    const int64_t id = m.tokenizer().token_to_id(s);
+    if (id >= 0) opts.stop_ids.push_back(id);
+    else text_stops.push_back(s);
+  }
+  std::vector<std::vector<int64_t>> so_far(prompts.size());
+  generate::TokenCallback on_token = on_token_in;
+  if (!text_stops.empty() && opts.num_beams <= 1)
+    on_token = [&](int64_t row, int64_t id) {
+      const bool go_on = !on_token_in || on_token_in(row, id);
+      so_far[static_cast<size_t>(row)].push_back(id);
+      return go_on && stop_at(m.tokenizer(), so_far[static_cast<size_t>(row)], text_stops) == std::string::npos;
+    };
+  auto res = generate_for(m, prompts, images, opts, on_token);
+  for (auto& row : res.tokens) {
+    const size_t at = text_stops.empty() ? std::string::npos : stop_at(m.tokenizer(), row, text_stops);
+    if (at == std::string::npos) continue;
+    size_t j = row.size();
+    while (j > 0 && m.tokenizer().decode(std::vector<int64_t>(row.begin(), row.begin() + static_cast<long>(j))).size() > at) --j;
+    row.resize(j);
+  }
+  return res;
 }
 
 }  // namespace vadapt::vlm

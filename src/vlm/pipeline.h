@@ -22,6 +22,8 @@ struct Query {
 text::EncodedPrompt encode_query(const VisionLanguageModel& m, const Query& q);
 
 // Generates for encoded prompts (left-padded into one batch) with their images (empty: none).
+// Stops at EOS, the stop ids, and the template's and the options' stop strings (the answer is
+// cut before a stop string).
 generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
                                 const std::vector<std::string>& images, const generate::GenerateOptions& opts,
                                 const generate::TokenCallback& on_token = {});
