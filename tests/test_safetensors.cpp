@@ -194,3 +194,100 @@ TEST(AtomicWrite, FailedWriteLeavesTheOldFileIntact) {
   for (auto& e : std::filesystem::directory_iterator(tmp.path())) (void)e, ++n;
   EXPECT_EQ(n, 1);  // no temp file left behind
 }
+
+// ---- PyTorch .bin (torch.save zip) files ----
+
+#include <caffe2/serialize/inline_container.h>
+
+#include "io/torch_bin.h"
+
+namespace {
+// A torch.save-style zip archive whose data.pkl is `pickle_bytes` (no tensors).
+std::vector<char> zip_with_pickle(const std::string& pickle_bytes) {
+  std::vector<char> out;
+  {
+    caffe2::serialize::PyTorchStreamWriter w([&](const void* buf, size_t n) {
+      out.insert(out.end(), static_cast<const char*>(buf), static_cast<const char*>(buf) + n);
+      return n;
+    });
+    w.writeRecord("data.pkl", pickle_bytes.data(), pickle_bytes.size());
+    w.writeEndOfFile();
+  }
+  return out;
+}
+
+std::string bin_error(const std::vector<char>& bytes) {
+  try {
+    io::read_torch_bin_bytes("mem.bin", bytes);
+  } catch (const VadaptError& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(TorchBin, RoundTripIsBitwiseAndKeepsOrderAndDtypes) {
+  TempDir tmp;
+  torch::manual_seed(0);
+  std::vector<std::pair<std::string, torch::Tensor>> t = {{"model.mm_projector.2.weight", torch::randn({3, 4})},
+                                                          {"model.mm_projector.0.weight", torch::randn({4, 5}).to(torch::kBFloat16)},
+                                                          {"half", torch::randn({2}).to(torch::kFloat16)},
+                                                          {"ids", torch::arange(5, torch::kInt64)},
+                                                          {"view", torch::randn({4, 6}).narrow(1, 1, 3)}};
+  io::write_torch_bin(tmp.file("w.bin"), t);
+  auto back = io::read_torch_bin(tmp.file("w.bin"));
+  ASSERT_EQ(back.size(), t.size());
+  for (size_t i = 0; i < t.size(); ++i) {
+    EXPECT_EQ(back[i].first, t[i].first);
+    EXPECT_EQ(back[i].second.scalar_type(), t[i].second.scalar_type());
+    EXPECT_TRUE(torch::equal(back[i].second, t[i].second)) << t[i].first;
+  }
+  // Through TensorSource (a .bin file, and a folder with pytorch_model.bin), as safetensors are.
+  auto src = io::TensorSource::open(tmp.file("w.bin"));
+  EXPECT_TRUE(torch::equal(src.tensor("half"), t[2].second));
+  std::filesystem::create_directories(tmp.file("m"));
+  io::write_torch_bin(tmp.file("m/pytorch_model.bin"), t);
+  EXPECT_TRUE(torch::equal(io::TensorSource::open(tmp.file("m")).tensor("ids"), t[3].second));
+}
+
+TEST(TorchBin, HostileAndBrokenFilesGetAClearErrorAndRunNothing) {
+  TempDir tmp;
+  // A pickle that would call os.system("touch <tmp>/pwned") under Python's pickle.
+  const std::string cmd = "touch " + tmp.file("pwned");
+  std::string pk = "\x80\x02" "cposix\nsystem\n" "X";
+  const uint32_t n = static_cast<uint32_t>(cmd.size());
+  pk.append(reinterpret_cast<const char*>(&n), 4);
+  pk += cmd + "\x85" "R.";
+  std::string m = bin_error(zip_with_pickle(pk));
+  EXPECT_NE(m.find("mem.bin"), std::string::npos) << m;
+  EXPECT_NE(m.find("cannot read it as a torch.save state dict"), std::string::npos) << m;
+  EXPECT_FALSE(std::filesystem::exists(tmp.file("pwned")));
+  // The pre-1.6 (non-zip) format, and a plain pickle of an int.
+  m = bin_error(std::vector<char>(pk.begin(), pk.end()));
+  EXPECT_NE(m.find("not a zip archive"), std::string::npos) << m;
+  m = bin_error(zip_with_pickle(std::string("\x80\x02K\x07.", 5)));
+  EXPECT_NE(m.find("expected a mapping of names to tensors"), std::string::npos) << m;
+  // A dict with a non-tensor value.
+  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
+  d.insert("w", c10::IValue(torch::ones({2})));
+  d.insert("step", c10::IValue(int64_t{3}));
+  m = bin_error(torch::pickle_save(c10::IValue(d)));
+  EXPECT_NE(m.find("step"), std::string::npos) << m;
+  EXPECT_NE(m.find("expected a tensor"), std::string::npos) << m;
+  // Truncated and bit-flipped copies of a valid file: an error or a valid result, never a crash.
+  io::write_torch_bin(tmp.file("ok.bin"), {{"a", torch::randn({16, 16})}, {"b", torch::randn({8})}});
+  std::ifstream in(tmp.file("ok.bin"), std::ios::binary);
+  std::vector<char> good((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  m = bin_error(std::vector<char>(good.begin(), good.begin() + static_cast<long>(good.size() / 2)));
+  EXPECT_NE(m.find("mem.bin"), std::string::npos) << m;
+  std::mt19937 rng(1);
+  for (int i = 0; i < 100; ++i) {
+    auto bad = good;
+    for (int k = 0; k < 4; ++k) bad[rng() % bad.size()] = static_cast<char>(rng());
+    if (rng() % 2) bad.resize(rng() % bad.size());
+    try {
+      io::read_torch_bin_bytes("mem.bin", bad);
+    } catch (const VadaptError&) {
+    }
+  }
+}

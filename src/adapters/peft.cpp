@@ -67,13 +67,10 @@ PeftLoraConfig read_peft_lora_config(const std::string& dir) {
 
 int64_t load_peft_lora(model::LlamaForCausalLMImpl& lm, AdapterSetImpl& set, const std::string& dir) {
   auto cfg = read_peft_lora_config(dir);
-  const std::string weights = dir + "/adapter_model.safetensors";
-  if (!std::filesystem::exists(weights)) {
-    if (std::filesystem::exists(dir + "/adapter_model.bin"))
-      raise(dir + "/adapter_model.bin", "", "pickled PyTorch weights are not read (no pickle in a C++ loader); save the adapter with "
-                                            "safe_serialization=True (adapter_model.safetensors)");
-    raise(weights, "", "missing");
-  }
+  std::string weights = dir + "/adapter_model.safetensors";
+  if (!std::filesystem::exists(weights) && std::filesystem::exists(dir + "/adapter_model.bin"))
+    weights = dir + "/adapter_model.bin";  // torch.save format, read without running pickle code
+  if (!std::filesystem::exists(weights)) raise(dir + "/adapter_model.safetensors", "", "missing (and no adapter_model.bin)");
   const int64_t n = set.attach_lora(lm, cfg.targets);
   model::load_strict(set, io::TensorSource::open(weights), {}, "base_model.model.");  // PEFT's names; every tensor, nothing else
   set.eval();  // inference: no LoRA dropout

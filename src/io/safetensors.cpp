@@ -1,5 +1,6 @@
 // safetensors reading (validated, mmap) and atomic writing.
 #include "io/safetensors.h"
+#include "io/torch_bin.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -227,14 +228,26 @@ TensorSource TensorSource::from_file(std::shared_ptr<SafeTensorsFile> file) {
   return s;
 }
 
+namespace {
+// A safetensors file, or a PyTorch .bin / .pt / .pth (read without pickle code execution and
+// held in memory in safetensors form).
+std::shared_ptr<SafeTensorsFile> open_weights_file(const std::string& path) {
+  const std::string ext = std::filesystem::path(path).extension().string();
+  if (ext == ".bin" || ext == ".pt" || ext == ".pth") return SafeTensorsFile::from_buffer(path, safetensors_bytes(read_torch_bin(path)));
+  return SafeTensorsFile::open(path);
+}
+}  // namespace
+
 TensorSource TensorSource::open(const std::string& path_or_dir) {
   namespace fs = std::filesystem;
   fs::path p(path_or_dir);
-  if (!fs::is_directory(p)) return from_file(SafeTensorsFile::open(path_or_dir));
+  if (!fs::is_directory(p)) return from_file(open_weights_file(path_or_dir));
   if (fs::exists(p / "model.safetensors")) return from_file(SafeTensorsFile::open((p / "model.safetensors").string()));
   fs::path index = p / "model.safetensors.index.json";
+  if (!fs::exists(index) && fs::exists(p / "pytorch_model.bin")) return from_file(open_weights_file((p / "pytorch_model.bin").string()));
+  if (!fs::exists(index)) index = p / "pytorch_model.bin.index.json";
   if (!fs::exists(index))
-    raise(path_or_dir, "", "no model.safetensors or model.safetensors.index.json in this folder");
+    raise(path_or_dir, "", "no model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json in this folder");
   nlohmann::json j = read_json(index.string());
   auto wm = j.find("weight_map");
   if (wm == j.end() || !wm->is_object()) raise(index.string(), "weight_map", "missing object 'weight_map'");
@@ -249,7 +262,7 @@ TensorSource TensorSource::open(const std::string& path_or_dir) {
     auto fit = file_ids.find(shard);
     if (fit == file_ids.end()) {
       fit = file_ids.emplace(shard, s.files_.size()).first;
-      s.files_.push_back(SafeTensorsFile::open((p / shard).string()));
+      s.files_.push_back(open_weights_file((p / shard).string()));
     }
     if (!s.files_[fit->second]->contains(it.key()))
       raise(index.string(), "weight_map." + it.key(), "shard '", shard, "' does not hold this tensor");
@@ -282,14 +295,15 @@ const std::string& TensorSource::file_of(const std::string& name) const {
   return files_[it->second]->path();
 }
 
-void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+namespace {
+// The padded JSON header and the CPU tensors in file order.
+std::string header_of(const std::string& label, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata, std::vector<torch::Tensor>& cpu) {
   nlohmann::json header = nlohmann::json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<torch::Tensor> cpu;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
-    if (header.contains(name)) raise(path, name, "duplicate tensor name");
+    if (header.contains(name)) raise(label, name, "duplicate tensor name");
     torch::Tensor c = t.detach().to(torch::kCPU).contiguous();
     uint64_t nbytes = static_cast<uint64_t>(c.numel()) * c.element_size();
     header[name] = {{"dtype", st_dtype_name(c.scalar_type())},
@@ -300,12 +314,34 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   }
   std::string h = header.dump();
   while ((h.size() + 8) % 8 != 0) h.push_back(' ');
+  return h;
+}
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<torch::Tensor> cpu;
+  const std::string h = header_of(path, tensors, metadata, cpu);
   uint64_t n = h.size();
   write_file_atomic(path, [&](int fd) {
     write_all(fd, &n, 8, path);
     write_all(fd, h.data(), h.size(), path);
     for (const auto& c : cpu) write_all(fd, c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size(), path);
   });
+}
+
+std::vector<uint8_t> safetensors_bytes(const std::vector<std::pair<std::string, torch::Tensor>>& tensors) {
+  std::vector<torch::Tensor> cpu;
+  const std::string h = header_of("safetensors buffer", tensors, {}, cpu);
+  uint64_t n = h.size();
+  std::vector<uint8_t> out(8 + h.size());
+  std::memcpy(out.data(), &n, 8);
+  std::memcpy(out.data() + 8, h.data(), h.size());
+  for (const auto& c : cpu) {
+    const auto* b = static_cast<const uint8_t*>(c.data_ptr());
+    out.insert(out.end(), b, b + static_cast<size_t>(c.numel()) * c.element_size());
+  }
+  return out;
 }
 
 }  // namespace vadapt::io

@@ -63,7 +63,8 @@ class SafeTensorsFile {
 };
 
 // A checkpoint made of one or more safetensors files: a single file, a folder with
-// model.safetensors, or a folder with model.safetensors.index.json (sharded).
+// model.safetensors, or a folder with model.safetensors.index.json (sharded). PyTorch .bin /
+// .pt files (and pytorch_model.bin[.index.json] folders) are read through io/torch_bin.h.
 class TensorSource {
  public:
   static TensorSource open(const std::string& path_or_dir);
@@ -82,6 +83,9 @@ class TensorSource {
   std::map<std::string, size_t> where_;
   std::string description_;
 };
+
+// The bytes of a safetensors file holding these tensors (in memory).
+std::vector<uint8_t> safetensors_bytes(const std::vector<std::pair<std::string, torch::Tensor>>& tensors);
 
 // Writes tensors (any device/dtype; made contiguous on CPU) atomically: temp file, fsync, rename.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, torch::Tensor>>& tensors,
