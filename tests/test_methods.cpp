@@ -297,7 +297,7 @@ TEST(LlamaAdapterV1, TrainingChangesOnlyTheAdapterAndSaveLoadIsBitwise) {
   EXPECT_TRUE(tensors_equal(logits_of(*back, batch), logits_of(m, batch)));
   // Prompts cannot be folded into the weights: merge says so.
   try {
-    back->method().merge_into(*back->lm());
+    back->method().merge_into(*back);
     FAIL();
   } catch (const VadaptError& e) {
     EXPECT_NE(std::string(e.what()).find("cannot be folded"), std::string::npos) << e.what();

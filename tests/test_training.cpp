@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <random>
 #include <set>
@@ -14,6 +15,7 @@
 #include "eval/eval_runner.h"
 #include "fixtures.h"
 #include "io/atomic_file.h"
+#include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/load.h"
 #include "train/lr_schedule.h"
@@ -698,4 +700,79 @@ TEST(Connector, StandardizeUsesTrainingStatisticsAndTravelsWithTheAdapter) {
   m.save_adapter(out.path());
   auto back = vlm::load_vlm_checkpoint(out.path());
   EXPECT_TRUE(vadapt::test::tensors_equal(llava(*back).project(feats), llava(m).project(feats)));
+}
+
+namespace {
+int vadapt_cli(const std::string& args, const std::string& err_file) {
+  return std::system((std::string(VADAPT_BINARY) + " " + args + " >/dev/null 2>" + err_file).c_str());
+}
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+std::vector<std::string> names_in(const std::string& path) {
+  auto src = io::TensorSource::open(path);
+  return src.names();
+}
+}  // namespace
+
+TEST(LlavaRelease, EveryLayoutLoadsWithTheSameLogitsAndTheReferenceNames) {
+  World w;
+  TempDir tmp;
+  auto samples = data::load_dataset(w.data, {});
+  for (const std::string tune : {"lora", "projector"}) {
+    SCOPED_TRACE(tune);
+    vlm::VisionLanguageModel m(w.spec(tune));
+    {
+      torch::NoGradGuard ng;
+      for (auto& [n, t] : m.trainable_state()) t.normal_(0, 0.05);  // as after training (LoRA B != 0)
+    }
+    const auto b = first_batch(m, samples);
+    const auto ref = logits_of(m, b);
+    const std::string ours = tmp.file("ours_" + tune), rel = tmp.file("llava_" + tune);
+    m.save_adapter(ours);
+    ASSERT_EQ(vadapt_cli("export --adapter " + ours + " --format llava --out " + rel, tmp.file("err")), 0) << slurp(tmp.file("err"));
+    // The names LLaVA's builder.py loads.
+    auto cfg = io::read_json(rel + "/config.json");
+    EXPECT_EQ(cfg["architectures"][0], "LlavaLlamaForCausalLM");
+    EXPECT_EQ(cfg["mm_projector_type"], "mlp2x_gelu");
+    EXPECT_EQ(cfg["mm_vision_select_layer"], -2);
+    EXPECT_EQ(cfg["mm_hidden_size"], m.tower().hidden_size());
+    if (tune == "projector") {
+      auto n = names_in(rel + "/mm_projector.bin");
+      EXPECT_EQ(n, (std::vector<std::string>{"model.mm_projector.0.bias", "model.mm_projector.0.weight", "model.mm_projector.2.bias",
+                                              "model.mm_projector.2.weight"}));
+    } else {
+      for (const auto& n : names_in(rel + "/non_lora_trainables.bin")) EXPECT_EQ(n.rfind("base_model.model.model.mm_projector.", 0), 0u) << n;
+      for (const auto& n : names_in(rel + "/adapter_model.safetensors")) EXPECT_EQ(n.rfind("base_model.model.model.layers.", 0), 0u) << n;
+      EXPECT_EQ(io::read_json(rel + "/adapter_config.json")["peft_type"], "LORA");
+    }
+    // Read back as a LLaVA folder, and imported into a fresh model of the same recipe.
+    auto back = vlm::load_vlm_checkpoint(rel);
+    EXPECT_TRUE(tensors_close(logits_of(*back, b), ref, 0.0));
+    vlm::VisionLanguageModel fresh(w.spec(tune));
+    fresh.method().load_official(tune == "projector" ? rel + "/mm_projector.bin" : rel);
+    fresh.train_mode(false);
+    EXPECT_TRUE(tensors_close(logits_of(fresh, b), ref, 0.0));
+    if (tune != "lora") continue;
+    // vadapt merge writes a merged LLaVA checkpoint (LLM + model.mm_projector.* + mm_* config).
+    const std::string merged = tmp.file("merged");
+    ASSERT_EQ(vadapt_cli("merge --adapter " + ours + " --out " + merged, tmp.file("err")), 0) << slurp(tmp.file("err"));
+    EXPECT_EQ(io::read_json(merged + "/config.json")["model_type"], "llava_llama");
+    EXPECT_TRUE(io::TensorSource::open(merged).contains("model.mm_projector.2.weight"));
+    auto mb = vlm::load_vlm_checkpoint(merged);
+    EXPECT_TRUE(tensors_close(logits_of(*mb, b), ref, 1e-5));
+    // A vision tower named by hub id: a clear error, then --vision.
+    cfg["mm_vision_tower"] = "openai/clip-vit-large-patch14-336";
+    io::write_text_atomic(rel + "/config.json", cfg.dump());
+    EXPECT_NE(vadapt_cli("generate --adapter " + rel + " --prompt hi --max-new-tokens 2", tmp.file("err")), 0);
+    const std::string err = slurp(tmp.file("err"));
+    EXPECT_NE(err.find("mm_vision_tower"), std::string::npos) << err;
+    EXPECT_NE(err.find("--vision"), std::string::npos) << err;
+    EXPECT_EQ(vadapt_cli("generate --adapter " + rel + " --vision " + w.clip + " --image " + w.dir.file("img0.png") +
+                             " --prompt 'What colour?' --max-new-tokens 2",
+                         tmp.file("err")),
+              0)
+        << slurp(tmp.file("err"));
+  }
 }

@@ -9,7 +9,7 @@
 namespace vadapt::io {
 namespace {
 
-constexpr const char* kSupported = "llama (LlamaForCausalLM), vit (ViTModel, ViTForImageClassification), "
+constexpr const char* kSupported = "llama (LlamaForCausalLM; llava_llama: LLaVA checkpoints), vit (ViTModel, ViTForImageClassification), "
                                    "clip_vision_model (CLIPVisionModel[WithProjection]), clip (CLIPModel vision tower)";
 
 void require_positive(int64_t v, const char* key, const std::string& src) {
@@ -43,7 +43,7 @@ ModelKind detect_model_kind(const nlohmann::json& j, const std::string& source) 
   if (it == j.end() || !it->is_string())
     raise(source, "model_type", "missing; supported model types: ", kSupported);
   std::string mt = it->get<std::string>();
-  if (mt == "llama") return ModelKind::kLlama;
+  if (mt == "llama" || mt == "llava_llama") return ModelKind::kLlama;  // llava_llama: LLaVA's LlavaLlamaForCausalLM (the LLM + mm_*)
   if (mt == "vit") return ModelKind::kViT;
   if (mt == "clip_vision_model" || mt == "clip") return ModelKind::kClipVision;
   raise(source, "model_type", "unsupported model_type '", mt, "'; supported: ", kSupported);
@@ -53,7 +53,8 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& s
   LlamaConfig c;
   c.source = src;
   c.model_type = json_get<std::string>(j, "model_type", src);
-  if (c.model_type != "llama") raise(src, "model_type", "expected 'llama', got '", c.model_type, "'");
+  if (c.model_type != "llama" && c.model_type != "llava_llama")
+    raise(src, "model_type", "expected 'llama' (or LLaVA's 'llava_llama'), got '", c.model_type, "'");
   c.hidden_size = json_get<int64_t>(j, "hidden_size", src);
   c.intermediate_size = json_get<int64_t>(j, "intermediate_size", src);
   c.num_hidden_layers = json_get<int64_t>(j, "num_hidden_layers", src);

@@ -223,13 +223,4 @@ nlohmann::json Llava::count(const io::LlamaConfig& lc, const VisionDims& v) cons
   return j;
 }
 
-Method::Rest Llava::merge_into(model::LlamaForCausalLMImpl& lm) {
-  if (!uses_lora(o_.tune)) throw VadaptError(cat("merge needs a LoRA adapter (tune: lora), got '", o_.tune, "'"));
-  adapters_->merge_into(lm);
-  Rest r{"mm_projector.safetensors", {}};
-  for (const auto& [k, v] : state())
-    if (k.rfind("mm_projector.", 0) == 0) r.tensors.emplace_back(k, v);
-  return r;
-}
-
 }  // namespace vadapt::methods

@@ -39,7 +39,15 @@ class Llava : public Method {
   void init_from(const std::string& dir) override;
   void prepare_training(vlm::VisionLanguageModel& m, const std::vector<data::Sample>& train) override;
   nlohmann::json count(const io::LlamaConfig& llm, const VisionDims& vision) const override;
-  Rest merge_into(model::LlamaForCausalLMImpl& lm) override;
+  // LLaVA's own layouts (llava_release.cpp): merged LlavaLlamaForCausalLM folders, LoRA folders
+  // with non_lora_trainables.bin, stage-1 mm_projector.bin.
+  Rest merge_into(const vlm::VisionLanguageModel& m) override;
+  void load_official(const std::string& path) override;
+  std::optional<ReleaseFolder> read_release(const std::string& dir, const FolderOverrides& o) const override;
+  std::vector<std::string> export_formats() const override { return {"llava"}; }
+  void export_release(const vlm::VisionLanguageModel& m, const std::string& format, const std::string& out) const override;
+  // LLaVA's config.json for this model: the LLM's config + mm_* fields (LlavaConfig).
+  nlohmann::json release_config(const vlm::VisionLanguageModel& m) const;
 
   // (M, N, C) frozen features -> (M, image_tokens, d): optional grid pooling, then the projector.
   torch::Tensor project(const torch::Tensor& features);

@@ -2,6 +2,7 @@
 // key checks, vision dimensions from configs, and the defaults of the optional hooks.
 #include "methods/method.h"
 
+#include <map>
 #include <set>
 
 #include "common/error.h"
@@ -42,26 +43,35 @@ torch::Tensor splice_image_embeds(model::LlamaForCausalLMImpl& lm, const torch::
   return x.view({-1, x.size(-1)}).index_put({pos}, flat).view(x.sizes());             // (B, T, d)
 }
 
-void load_tensors_strict(const std::string& file, const std::vector<std::pair<std::string, torch::Tensor>>& want) {
-  auto src = io::TensorSource::open(file);
+void copy_tensors_strict(const std::string& label, const std::vector<std::pair<std::string, torch::Tensor>>& have,
+                         const std::vector<std::pair<std::string, torch::Tensor>>& want) {
   torch::NoGradGuard ng;
+  std::map<std::string, torch::Tensor> by_name;
+  for (const auto& [n, t] : have) by_name[n] = t;
   std::vector<std::string> missing, unexpected;
   std::set<std::string> names;
   for (const auto& [name, t] : want) {
     names.insert(name);
-    if (!src.contains(name)) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
       missing.push_back(name);
       continue;
     }
-    auto v = src.tensor(name);
-    if (v.sizes() != t.sizes()) raise(src.description(), name, "shape ", v.sizes(), " in file, expected ", t.sizes());
-    t.copy_(v);
+    if (it->second.sizes() != t.sizes()) raise(label, name, "shape ", it->second.sizes(), " in file, expected ", t.sizes());
+    t.copy_(it->second);
   }
-  for (const auto& n : src.names())
+  for (const auto& [n, t] : have)
     if (!names.count(n)) unexpected.push_back(n);
   if (!missing.empty() || !unexpected.empty())
-    raise(src.description(), missing.empty() ? unexpected[0] : missing[0], "adapter checkpoint does not match the recipe: ",
-          missing.size(), " missing and ", unexpected.size(), " unexpected tensors");
+    raise(label, missing.empty() ? unexpected[0] : missing[0], "adapter checkpoint does not match the recipe: ", missing.size(),
+          " missing and ", unexpected.size(), " unexpected tensors");
+}
+
+void load_tensors_strict(const std::string& file, const std::vector<std::pair<std::string, torch::Tensor>>& want) {
+  auto src = io::TensorSource::open(file);
+  std::vector<std::pair<std::string, torch::Tensor>> have;
+  for (const auto& n : src.names()) have.emplace_back(n, src.tensor(n));
+  copy_tensors_strict(src.description(), have, want);
 }
 
 void check_keys(const nlohmann::json& j, const std::vector<std::string>& allowed, const std::string& where) {
@@ -89,12 +99,19 @@ void Method::init_from(const std::string& dir) {
   if (n == 0) raise(file, "", "init_from: the earlier stage has none of this stage's ", name(), " tensors");
 }
 
-Method::Rest Method::merge_into(model::LlamaForCausalLMImpl&) {
+Method::Rest Method::merge_into(const vlm::VisionLanguageModel&) {
   throw VadaptError(cat("merge: method ", name(), " (", describe(), ") cannot be folded into the LLM's weights"));
 }
 
 void Method::load_official(const std::string& file) {
   throw VadaptError(cat(file, ": method ", name(), " has no loader for an official release's adapter file"));
+}
+
+void Method::export_release(const vlm::VisionLanguageModel&, const std::string& format, const std::string&) const {
+  std::string all;
+  for (const auto& f : export_formats()) all += (all.empty() ? "" : ", ") + f;
+  throw VadaptError(cat("export: method ", name(), " writes ", all.empty() ? std::string("no release formats") : "only " + all,
+                        " (asked for '", format, "')"));
 }
 
 }  // namespace vadapt::methods

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,6 +48,18 @@ struct Frozen {
   model::LlamaForCausalLM lm{nullptr};
   std::shared_ptr<vision::VisionTower> tower;
   torch::Device device = torch::kCPU;
+};
+
+// A folder in a method's own published layout (e.g. a LLaVA release), read without conversion:
+// the adapter_config.json fields vadapt would have written for it and the tensors of state().
+struct ReleaseFolder {
+  nlohmann::json config;                // generic keys (base_model_name_or_path, vision_tower, ...) + the method's
+  std::vector<std::string> llm_ignore;  // extra tensors in the LLM folder (name prefixes) the LLM loader skips
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;  // under state() names
+};
+// What the user says beside such a folder (paths it names may be hub ids or other machines').
+struct FolderOverrides {
+  std::string llm, vision, template_name;
 };
 
 // Vision tower dimensions from its config alone.
@@ -94,14 +107,21 @@ class Method {
   // Parameter counts from configs alone: at least trainable_parameters.
   virtual nlohmann::json count(const io::LlamaConfig& llm, const VisionDims& vision) const = 0;
   // Folds the method into the LLM's weights (vadapt merge); returns what stays outside the LLM
-  // (LLaVA: the projector), to be written beside it. Default: refused with the reason.
+  // (LLaVA: the projector), written into the merged folder's weights under these names, and
+  // fields for its config.json. Default: refused with the reason.
   struct Rest {
-    std::string file;  // file name for the tensors beside the merged folder
     std::vector<std::pair<std::string, torch::Tensor>> tensors;
+    nlohmann::json config = nlohmann::json::object();
   };
-  virtual Rest merge_into(model::LlamaForCausalLMImpl& lm);
-  // Loads the official release's adapter file into this method's parameters (vadapt import).
-  virtual void load_official(const std::string& file);
+  virtual Rest merge_into(const vlm::VisionLanguageModel& m);
+  // Loads the official release's adapter file (or folder) into this method's parameters
+  // (vadapt import).
+  virtual void load_official(const std::string& path);
+  // Recognises a folder in one of the method's release layouts (nullopt: not one of them).
+  virtual std::optional<ReleaseFolder> read_release(const std::string& dir, const FolderOverrides& o) const { return std::nullopt; }
+  // Writes this (built, loaded) model in a release layout `format` (vadapt export).
+  virtual std::vector<std::string> export_formats() const { return {}; }
+  virtual void export_release(const vlm::VisionLanguageModel& m, const std::string& format, const std::string& out) const;
 };
 
 // ids with placeholders + image embeddings (M, n, d) -> (B, T, d) input embeddings.
@@ -110,6 +130,9 @@ torch::Tensor splice_image_embeds(model::LlamaForCausalLMImpl& lm, const torch::
 // Strict copy of `want` from a safetensors file: every tensor present with its shape, nothing
 // unexpected (the errors name the file and the tensor).
 void load_tensors_strict(const std::string& file, const std::vector<std::pair<std::string, torch::Tensor>>& want);
+// Same from tensors in memory; `label` names their source in errors.
+void copy_tensors_strict(const std::string& label, const std::vector<std::pair<std::string, torch::Tensor>>& have,
+                         const std::vector<std::pair<std::string, torch::Tensor>>& want);
 // Reads j[key] into `out` when present and not null (errors name `where` and the key).
 template <typename T>
 void read_option(const nlohmann::json& j, const char* key, T& out, const std::string& where) {

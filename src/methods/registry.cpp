@@ -27,6 +27,12 @@ std::unique_ptr<Method> create(const std::string& name, const std::string& where
   throw VadaptError(cat(where, ": unknown method '", name, "' (implemented: ", all, ")"));
 }
 
+std::optional<ReleaseFolder> read_release(const std::string& dir, const FolderOverrides& o) {
+  for (const auto& e : table())
+    if (auto r = e.second()->read_release(dir, o)) return r;
+  return std::nullopt;
+}
+
 std::vector<std::string> names() {
   std::vector<std::string> out;
   for (const auto& e : table()) out.push_back(e.first);

@@ -1,7 +1,10 @@
 // Llama decoder forward pass (HF LlamaForCausalLM numerics) with KV cache and seams.
 #include "model/llama.h"
 
+#include <filesystem>
+
 #include "common/error.h"
+#include "io/atomic_file.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/load.h"
@@ -139,7 +142,8 @@ KVCache LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity) const 
   return KVCache(cfg_.num_hidden_layers, batch, cfg_.num_key_value_heads, capacity, cfg_.head_dim, opts);
 }
 
-LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device) {
+LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device,
+                            const std::vector<std::string>& extra_ignore) {
   std::string cfg_path = io::config_path_of(dir);
   auto j = io::read_json(cfg_path);
   if (io::detect_model_kind(j, cfg_path) != io::ModelKind::kLlama)
@@ -148,9 +152,25 @@ LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, tor
   LlamaForCausalLM m(cfg, torch::TensorOptions().dtype(dtype).device(device));
   std::vector<std::string> ignore = {"rotary_emb.inv_freq"};
   if (cfg.tie_word_embeddings) ignore.push_back("lm_head.weight");
+  ignore.insert(ignore.end(), extra_ignore.begin(), extra_ignore.end());
   load_strict(*m, io::TensorSource::open(dir), ignore);
   m->eval();
   return m;
+}
+
+void save_hf_llama(const LlamaForCausalLMImpl& lm, const std::string& tokenizer_dir, const std::string& out,
+                   const std::vector<std::pair<std::string, torch::Tensor>>& tensors_in, const nlohmann::json& config) {
+  namespace fs = std::filesystem;
+  fs::create_directories(out);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors = tensors_in;
+  if (tensors.empty())
+    for (const auto& p : lm.named_parameters()) tensors.emplace_back(p.key(), p.value());
+  io::write_safetensors(out + "/model.safetensors", tensors, {{"format", "pt"}});
+  io::write_text_atomic(out + "/config.json", (config.is_null() ? lm.config().to_json() : config).dump(2) + "\n");
+  for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
+    auto src = fs::path(tokenizer_dir) / f;
+    if (fs::exists(src)) fs::copy_file(src, fs::path(out) / f, fs::copy_options::overwrite_existing);
+  }
 }
 
 }  // namespace vadapt::model

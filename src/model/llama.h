@@ -4,10 +4,13 @@
 // The language model knows nothing of images: callers use embed / forward_embeds / logits.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <torch/torch.h>
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "io/hf_config.h"
 #include "model/kv_cache.h"
@@ -101,6 +104,14 @@ torch::Tensor build_attention_mask(int64_t batch, int64_t t, int64_t past, const
                                    torch::ScalarType dtype, torch::Device device);
 
 // Reads DIR/config.json and DIR/model.safetensors[.index.json], strict-loads, freezes.
-LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device);
+// Writes a Hugging Face Llama folder: `tensors` (empty: the model's parameters) as
+// model.safetensors, `config` (null: the model's) as config.json, and the tokenizer files of
+// `tokenizer_dir`.
+void save_hf_llama(const LlamaForCausalLMImpl& lm, const std::string& tokenizer_dir, const std::string& out,
+                   const std::vector<std::pair<std::string, torch::Tensor>>& tensors = {}, const nlohmann::json& config = nullptr);
+
+// `extra_ignore`: more tensor-name prefixes / suffixes of the folder to skip (load_strict rules).
+LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device,
+                            const std::vector<std::string>& extra_ignore = {});
 
 }  // namespace vadapt::model

@@ -22,7 +22,7 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
   method_->configure(spec.options, "method options");
   spec_.options = method_->config();  // complete and normalised: what adapter_config.json records
   auto dtype = io::dtype_from_name(spec.dtype, "dtype");
-  lm_ = model::load_llama(spec.llm, dtype, device);
+  lm_ = model::load_llama(spec.llm, dtype, device, spec.llm_ignore);
   tok_ = text::load_tokenizer(spec.llm);
   if (spec.vision.empty()) {
     if (method_->needs_vision())
@@ -161,11 +161,36 @@ nlohmann::json VisionLanguageModel::count_from_configs(const VlmSpec& spec) {
   return j;
 }
 
-std::unique_ptr<VisionLanguageModel> load_vlm_checkpoint(const std::string& dir, torch::Device device) {
-  std::string cfg = dir + "/adapter_config.json";
-  auto spec = VlmSpec::from_json(io::read_json(cfg), cfg);
+std::unique_ptr<VisionLanguageModel> load_vlm_checkpoint(const std::string& dir, torch::Device device,
+                                                         const methods::FolderOverrides& o) {
+  const std::string cfg = dir + "/adapter_config.json";
+  auto apply = [&](VlmSpec& spec) {
+    if (!o.llm.empty()) spec.llm = o.llm;
+    if (!o.vision.empty()) spec.vision = o.vision;
+    if (!o.template_name.empty()) spec.template_name = o.template_name;
+  };
+  if (fs::exists(cfg)) {
+    auto j = io::read_json(cfg);
+    if (j.is_object() && j.contains("method")) {  // a vadapt adapter folder
+      auto spec = VlmSpec::from_json(j, cfg);
+      apply(spec);
+      auto m = std::make_unique<VisionLanguageModel>(spec, device);
+      m->load_adapter_weights(dir);
+      m->train_mode(false);
+      return m;
+    }
+  }
+  auto rel = methods::read_release(dir, o);
+  if (!rel) {
+    if (!fs::is_directory(dir)) raise(dir, "", "no such adapter folder");
+    raise(dir, "", "neither a vadapt adapter folder (adapter_config.json with a 'method') nor a release folder a method reads "
+                   "(LLaVA: a merged checkpoint, a LoRA folder with non_lora_trainables.bin, or mm_projector.bin + config.json)");
+  }
+  auto spec = VlmSpec::from_json(rel->config, dir + " (release folder)");
+  apply(spec);
+  spec.llm_ignore = rel->llm_ignore;
   auto m = std::make_unique<VisionLanguageModel>(spec, device);
-  m->load_adapter_weights(dir);
+  methods::copy_tensors_strict(dir, rel->tensors, m->trainable_state());
   m->train_mode(false);
   return m;
 }

@@ -101,6 +101,9 @@ class VisionLanguageModel {
 };
 
 // Loads a VLM from an adapter checkpoint folder (adapter_config.json + adapter_model.safetensors).
-std::unique_ptr<VisionLanguageModel> load_vlm_checkpoint(const std::string& dir, torch::Device device = torch::kCPU);
+// A vadapt adapter folder, or a method's release folder (methods::read_release: e.g. a LLaVA
+// checkpoint); `o` replaces the base model, vision tower or template the folder names.
+std::unique_ptr<VisionLanguageModel> load_vlm_checkpoint(const std::string& dir, torch::Device device = torch::kCPU,
+                                                         const methods::FolderOverrides& o = {});
 
 }  // namespace vadapt::vlm

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 namespace vadapt::vlm {
 
@@ -18,6 +19,9 @@ struct VlmSpec {
   std::string dtype = "float32";
   uint64_t seed = 0;
   nlohmann::json options = nlohmann::json::object();  // the method's adapter_config.json fields
+  // Not saved: extra tensors in the LLM folder (name prefixes) that the LLM loader skips (a
+  // merged LLaVA folder holds the projector beside the LLM's weights).
+  std::vector<std::string> llm_ignore;
 
   nlohmann::json to_json() const;
   static VlmSpec from_json(const nlohmann::json& j, const std::string& source);

@@ -48,7 +48,7 @@ torch::Device parse_device(const std::string& s) {
 struct GenerateArgs {
   std::string model, tokenizer, device = "cpu", dtype = "float32";
   std::vector<std::string> prompts;
-  std::string adapter, image, lora;
+  std::string adapter, image, lora, vision, template_name;
   int64_t max_new_tokens = 128, top_k = 0;
   float temperature = 0.0f, top_p = 1.0f;
   uint64_t seed = 0;
@@ -75,7 +75,7 @@ generate::GenerateOptions make_options(const GenerateArgs& a, const text::Tokeni
 // With an adapter: the vision-language model answers about an image through its template.
 int run_generate_vlm(const GenerateArgs& a) {
   auto device = parse_device(a.device);
-  auto m = vlm::load_vlm_checkpoint(a.adapter, device);
+  auto m = vlm::load_vlm_checkpoint(a.adapter, device, {a.model, a.vision, a.template_name});
   if (a.prompts.size() != 1) throw VadaptError("--adapter: give exactly one --prompt");
   vlm::Query q{"--prompt", {}, a.image};
   q.conv.turns.push_back({"user", (a.image.empty() ? "" : std::string(text::kImageTag) + "\n") + a.prompts[0]});
@@ -186,43 +186,35 @@ int run_inspect_recipe(const std::string& path, const std::vector<std::string>& 
   return 0;
 }
 
-void write_hf_llama(model::LlamaForCausalLMImpl& lm, const std::string& tokenizer_dir, const std::string& out) {
-  std::filesystem::create_directories(out);
-  std::vector<std::pair<std::string, torch::Tensor>> tensors;
-  for (const auto& p : lm.named_parameters()) tensors.emplace_back(p.key(), p.value());
-  io::write_safetensors(out + "/model.safetensors", tensors, {{"format", "pt"}});
-  io::write_text_atomic(out + "/config.json", lm.config().to_json().dump(2));
-  for (const char* f : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"}) {
-    auto src = std::filesystem::path(tokenizer_dir) / f;
-    if (std::filesystem::exists(src))
-      std::filesystem::copy_file(src, std::filesystem::path(out) / f, std::filesystem::copy_options::overwrite_existing);
-  }
-}
-
 // Folds a PEFT LoRA into a Hugging Face Llama folder.
 int run_merge_peft(const std::string& model_dir, const std::string& lora, const std::string& out) {
   auto lm = model::load_llama(model_dir, torch::kFloat32, torch::kCPU);
   adapters::AdapterSet set;
   const auto n = adapters::load_peft_lora(*lm, *set, lora);
   set->merge_into(*lm);
-  write_hf_llama(*lm, model_dir, out);
+  model::save_hf_llama(*lm, model_dir, out);
   log_info(cat("merged ", n, " LoRA modules of ", lora, " into ", out));
   std::cout << nlohmann::json{{"merged", out}}.dump() << std::endl;
   return 0;
 }
 
-// Folds a trained adapter into the LLM and writes a Hugging Face folder (plus what stays outside
-// the LLM, e.g. LLaVA's projector, beside it). Methods that cannot be folded say why.
-int run_merge(const std::string& adapter, const std::string& out) {
-  auto m = vlm::load_vlm_checkpoint(adapter);
+// Folds a trained adapter into the LLM and writes a Hugging Face folder; what stays outside the
+// LLM (LLaVA's projector) goes into the same weights with the method's config fields (a merged
+// LLaVA checkpoint). Methods that cannot be folded say why.
+int run_merge(const std::string& adapter, const std::string& out, const methods::FolderOverrides& o) {
+  auto m = vlm::load_vlm_checkpoint(adapter, torch::kCPU, o);
   methods::Method::Rest rest;
   try {
-    rest = m->method().merge_into(*m->lm());
+    rest = m->method().merge_into(*m);
   } catch (const VadaptError& e) {
     throw VadaptError(cat(adapter, ": ", e.what()));
   }
-  write_hf_llama(*m->lm(), m->spec().llm, out);
-  if (!rest.tensors.empty()) io::write_safetensors(out + "/" + rest.file, rest.tensors);
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  if (!rest.tensors.empty()) {
+    for (const auto& p : m->lm()->named_parameters()) tensors.emplace_back(p.key(), p.value());
+    tensors.insert(tensors.end(), rest.tensors.begin(), rest.tensors.end());
+  }
+  model::save_hf_llama(*m->lm(), m->spec().llm, out, tensors, rest.config.empty() ? nlohmann::json(nullptr) : rest.config);
   log_info(cat("merged ", adapter, " into ", out));
   std::cout << nlohmann::json{{"merged", out}}.dump() << std::endl;
   return 0;
@@ -331,6 +323,7 @@ struct EvalArgs {
   std::vector<std::string> overrides;
   std::string baseline;  // an earlier summary.json to compare with
   bool no_cache = false;
+  methods::FolderOverrides folder;  // with --adapter
 };
 
 // "| type | n | before | after |" from two exact_match / vqa summaries.
@@ -392,7 +385,7 @@ int run_eval(const EvalArgs& a) {
   std::unique_ptr<vlm::VisionLanguageModel> m;
   if (!a.adapter.empty() == !a.recipe.empty()) throw VadaptError("eval: give exactly one of --adapter DIR or --recipe FILE");
   if (!a.adapter.empty()) {
-    m = vlm::load_vlm_checkpoint(a.adapter, device);
+    m = vlm::load_vlm_checkpoint(a.adapter, device, a.folder);
   } else {
     auto recipe = train::load_recipe(a.recipe, a.overrides);
     const train::Stage* st = nullptr;
@@ -421,8 +414,11 @@ int main(int argc, char** argv) {
 
   GenerateArgs ga;
   auto* gen = app.add_subcommand("generate", "generate text from a prompt with a Llama-family model");
-  gen->add_option("--model", ga.model, "Hugging Face model folder (config.json + safetensors)");
-  gen->add_option("--adapter", ga.adapter, "trained vision-language adapter folder (from vadapt train)");
+  gen->add_option("--model", ga.model, "Hugging Face model folder (config.json + safetensors); with --adapter: the base LLM in place of the one it names");
+  gen->add_option("--adapter", ga.adapter, "vision-language adapter folder (vadapt train) or a LLaVA checkpoint folder");
+  gen->add_option("--vision", ga.vision, "with --adapter: the vision tower folder in place of the one it names");
+  gen->add_option("--template", ga.template_name, "with --adapter: the chat template in place of the one it names")
+      ->check(CLI::IsMember(text::template_names()));
   gen->add_option("--image", ga.image, "image to ask about (with --adapter)");
   gen->add_option("--lora", ga.lora, "a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) on --model");
   gen->add_option("--tokenizer", ga.tokenizer, "tokenizer folder or file (default: the model folder)");
@@ -481,7 +477,11 @@ int main(int argc, char** argv) {
   auto* ev = app.add_subcommand("eval", "score a model on a dataset: predictions JSONL + summary JSON (stdout) + table (stderr)");
   ev->add_option("--task", va.opts.task, "exact_match | vqa | scienceqa | captions | loss")->required();
   ev->add_option("--data", va.opts.data, "dataset file (LLaVA JSON, COCO captions, problems.json, JSONL)")->required();
-  ev->add_option("--adapter", va.adapter, "trained adapter folder (from vadapt train)");
+  ev->add_option("--adapter", va.adapter, "adapter folder (vadapt train) or a LLaVA checkpoint folder");
+  ev->add_option("--model", va.folder.llm, "with --adapter: the base LLM in place of the one it names");
+  ev->add_option("--vision", va.folder.vision, "with --adapter: the vision tower folder in place of the one it names");
+  ev->add_option("--template", va.folder.template_name, "with --adapter: the chat template in place of the one it names")
+      ->check(CLI::IsMember(text::template_names()));
   ev->add_option("--recipe", va.recipe, "recipe YAML: score the untrained model of a stage (a baseline)");
   ev->add_option("--stage", va.stage, "recipe stage (default: the last)");
   ev->add_option("--set", va.overrides, "recipe override key.path=value");
@@ -506,6 +506,17 @@ int main(int argc, char** argv) {
   mg->add_option("--model", merge_model, "with --lora: the Hugging Face base model folder");
   mg->add_option("--lora", merge_lora, "a PEFT LoRA folder to fold into --model");
   mg->add_option("--out", merge_out, "output folder")->required();
+  methods::FolderOverrides merge_folder;
+  mg->add_option("--vision", merge_folder.vision, "with --adapter: the vision tower folder in place of the one it names");
+
+  std::string export_adapter, export_format = "llava", export_out;
+  methods::FolderOverrides export_folder;
+  auto* ex = app.add_subcommand("export", "write an adapter in a method's own release layout (LLaVA: the files its code loads)");
+  ex->add_option("--adapter", export_adapter, "adapter folder (vadapt train)")->required();
+  ex->add_option("--format", export_format, "release layout: llava (mm_projector.bin / LoRA + non_lora_trainables.bin / merged)");
+  ex->add_option("--out", export_out, "output folder")->required();
+  ex->add_option("--model", export_folder.llm, "the base LLM in place of the one the adapter names");
+  ex->add_option("--vision", export_folder.vision, "the vision tower folder in place of the one the adapter names");
 
   PromptArgs pa;
   auto* pr = app.add_subcommand("prompt", "print a conversation's input_ids and labels as the trainer builds them (JSON)");
@@ -550,11 +561,18 @@ int main(int argc, char** argv) {
         return run_merge_peft(merge_model, merge_lora, merge_out);
       }
       if (merge_adapter.empty()) throw VadaptError("merge: give --adapter DIR, or --model DIR with --lora DIR");
-      return run_merge(merge_adapter, merge_out);
+      return run_merge(merge_adapter, merge_out, merge_folder);
     }
     if (*enc) return run_encode(ea);
     if (*im) return run_import(ia);
     if (*pr) return run_prompt(pa);
+    if (*ex) {
+      auto m = vlm::load_vlm_checkpoint(export_adapter, torch::kCPU, export_folder);
+      m->method().export_release(*m, export_format, export_out);
+      log_info(cat("wrote ", export_adapter, " as ", export_format, " in ", export_out));
+      std::cout << nlohmann::json{{"exported", export_out}, {"format", export_format}}.dump() << std::endl;
+      return 0;
+    }
     if (*ev) return run_eval(va);
     if (*sy) {
       auto rep = data::write_synthetic_dataset(so);
