@@ -29,10 +29,15 @@ void check_tune(const std::string& tune, const std::string& where) {
 
 bool uses_lora(const std::string& tune) { return tune == "lora" || tune == "qlora"; }
 
+void check_double_quant(const std::string& dq, const std::string& where) {
+  if (dq != "linear8" && dq != "bitsandbytes")
+    raise(where, "nf4_double_quant", "expected linear8 (ours, more accurate block scales) or bitsandbytes (its dynamic 8-bit code), got '", dq, "'");
+}
+
 }  // namespace
 
 nlohmann::json Llava::parse_recipe(const nlohmann::json& sec, const std::string& where) const {
-  check_keys(sec, {"connector", "feature_layer", "pool", "feature_norm", "tune", "lora"}, where);
+  check_keys(sec, {"connector", "feature_layer", "pool", "feature_norm", "tune", "lora", "nf4_double_quant"}, where);
   Llava m;
   Options& o = m.o_;
   read_option(sec, "connector", o.connector, where);
@@ -43,6 +48,9 @@ nlohmann::json Llava::parse_recipe(const nlohmann::json& sec, const std::string&
     raise(where, "feature_norm", "expected standardize (or leave it out), got '", o.feature_norm, "'");
   read_option(sec, "tune", o.tune, where);
   check_tune(o.tune, where);
+  read_option(sec, "nf4_double_quant", o.nf4_double_quant, where);
+  check_double_quant(o.nf4_double_quant, where);
+  if (sec.contains("nf4_double_quant") && o.tune != "qlora") raise(where, "nf4_double_quant", "applies only with tune: qlora");
   if (sec.contains("lora")) {
     const auto& l = sec["lora"];
     check_keys(l, {"r", "alpha", "dropout", "target_modules"}, where + " lora");
@@ -58,7 +66,10 @@ nlohmann::json Llava::config() const {
   nlohmann::json j = {{"mm_projector_type", o_.connector}, {"mm_vision_select_layer", o_.feature_layer}, {"mm_pool", o_.pool},
                       {"mm_feature_norm", o_.feature_norm}, {"tune", o_.tune}};
   if (uses_lora(o_.tune)) {
-    if (o_.tune == "qlora") j["quantization"] = {{"bits", 4}, {"type", "nf4"}, {"double_quant", true}, {"block", 64}};
+    if (o_.tune == "qlora") {
+      j["quantization"] = {{"bits", 4}, {"type", "nf4"}, {"double_quant", true}, {"block", 64}};
+      j["nf4_double_quant"] = o_.nf4_double_quant;
+    }
     j["peft_type"] = "LORA";
     j["r"] = o_.lora.lora.r;
     j["lora_alpha"] = o_.lora.lora.alpha;
@@ -79,6 +90,8 @@ void Llava::configure(const nlohmann::json& j, const std::string& src) {
   if (o_.pool < 0) raise(src, "mm_pool", "expected 0 (no pooling) or a positive grid side, got ", o_.pool);
   o_.tune = io::json_get_or<std::string>(j, "tune", o_.tune, src);
   check_tune(o_.tune, src);
+  o_.nf4_double_quant = io::json_get_or<std::string>(j, "nf4_double_quant", "linear8", src);
+  check_double_quant(o_.nf4_double_quant, src);
   if (uses_lora(o_.tune)) {
     o_.lora.lora.r = io::json_get<int64_t>(j, "r", src);
     o_.lora.lora.alpha = io::json_get<double>(j, "lora_alpha", src);
@@ -108,7 +121,8 @@ void Llava::build(const Frozen& f, uint64_t seed) {
   if (o_.tune == "qlora") {
     // The frozen LLM linears (not lm_head, not the embeddings) are stored in NF4.
     for (const auto& item : lm.named_modules("", false))
-      if (auto* p = item.value()->as<model::ProjectionImpl>(); p && item.key() != "lm_head") p->quantize_nf4();
+      if (auto* p = item.value()->as<model::ProjectionImpl>(); p && item.key() != "lm_head")
+        p->quantize_nf4(o_.nf4_double_quant == "bitsandbytes" ? model::Nf4DoubleQuant::kDynamic8 : model::Nf4DoubleQuant::kLinear8);
   }
   if (uses_lora(o_.tune)) {
     torch::manual_seed(seed + 1);  // LoRA A init

@@ -3,7 +3,7 @@
 // identity; optional grid pooling and feature standardisation) spliced into the LLM input
 // sequence at the <image> placeholders; the LLM frozen (tune: projector), with LoRA / QLoRA
 // (PEFT names), or fully tuned. Recipe keys: connector, feature_layer, pool, feature_norm,
-// tune, lora {r, alpha, dropout, target_modules}.
+// tune, lora {r, alpha, dropout, target_modules}, nf4_double_quant (qlora).
 #pragma once
 
 #include "adapters/adapter_set.h"
@@ -20,6 +20,7 @@ class Llava : public Method {
     std::string feature_norm;              // "" | "standardize"
     int64_t pool = 0;                      // > 0: average-pool the patch grid to pool x pool tokens
     std::string tune = "projector";        // projector | lora | qlora | full
+    std::string nf4_double_quant = "linear8";  // qlora block scales: linear8 | bitsandbytes (its dynamic code)
     adapters::LoraTargetOptions lora;
   };
 

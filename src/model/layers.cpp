@@ -14,10 +14,17 @@ torch::Tensor ProjectionImpl::base_forward(const torch::Tensor& x) const {
   return torch::nn::functional::linear(x, weight, bias);  // (..., out)
 }
 
-void ProjectionImpl::quantize_nf4() {
+void ProjectionImpl::set_nf4(Nf4Weight q, torch::ScalarType dtype) {
+  dense_dtype_ = dtype;
+  nf4_ = std::move(q);
+  torch::NoGradGuard ng;
+  weight.set_data(torch::empty({0}, weight.options()));
+}
+
+void ProjectionImpl::quantize_nf4(Nf4DoubleQuant dq) {
   if (is_nf4()) return;
   dense_dtype_ = weight.scalar_type();
-  nf4_ = nf4_quantize(weight);
+  nf4_ = nf4_quantize(weight, dq);
   torch::NoGradGuard ng;
   weight.set_data(torch::empty({0}, weight.options()));
 }

@@ -23,7 +23,9 @@ class ProjectionImpl : public torch::nn::Module {
 
   // Stores the frozen weight as NF4 (QLoRA); forward dequantises on the fly. The "weight"
   // parameter is emptied; the bias stays.
-  void quantize_nf4();
+  void quantize_nf4(Nf4DoubleQuant dq = Nf4DoubleQuant::kLinear8);
+  // Takes an already quantised weight (a bitsandbytes checkpoint) in `dtype` for the dense form.
+  void set_nf4(Nf4Weight q, torch::ScalarType dtype);
   bool is_nf4() const { return nf4_.numel > 0; }
   void dequantize();  // back to a dense weight
   const Nf4Weight& nf4() const { return nf4_; }

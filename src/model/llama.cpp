@@ -2,6 +2,7 @@
 #include "model/llama.h"
 
 #include <filesystem>
+#include <set>
 
 #include "common/error.h"
 #include "io/atomic_file.h"
@@ -142,6 +143,74 @@ KVCache LlamaForCausalLMImpl::make_cache(int64_t batch, int64_t capacity) const 
   return KVCache(cfg_.num_hidden_layers, batch, cfg_.num_key_value_heads, capacity, cfg_.head_dim, opts);
 }
 
+namespace {
+
+// A Hugging Face checkpoint saved from a bitsandbytes 4-bit model (quantization_config
+// quant_method bitsandbytes, load_in_4bit): every quantised Linear keeps `X.weight` (uint8, two
+// NF4 codes per byte), `X.weight.absmax` (uint8 indices into the nested code),
+// `X.weight.nested_absmax`, `X.weight.quant_map` (the 16 NF4 levels), `X.weight.nested_quant_map`
+// (the dynamic 8-bit code) and `X.weight.quant_state.bitsandbytes__nf4` (JSON bytes: blocksize,
+// shape, nested_offset, ...). They become our NF4 weights as they are (exact dequantisation);
+// anything else (FP4, no double quantisation, other block sizes or codes) is refused by name.
+// Returns the parameter names filled this way.
+std::set<std::string> load_bnb_nf4(LlamaForCausalLMImpl& m, const io::TensorSource& src, const nlohmann::json& qc,
+                                   const std::string& cfg_path, torch::ScalarType dtype, torch::Device device,
+                                   std::vector<std::string>& ignore) {
+  std::set<std::string> filled;
+  const auto qt = io::json_get_or<std::string>(qc, "bnb_4bit_quant_type", "fp4", cfg_path);
+  if (qt != "nf4") raise(cfg_path, "quantization_config.bnb_4bit_quant_type", "only nf4 is supported, got '", qt, "'");
+  if (!io::json_get_or<bool>(qc, "bnb_4bit_use_double_quant", false, cfg_path))
+    raise(cfg_path, "quantization_config.bnb_4bit_use_double_quant", "only double-quantised NF4 checkpoints are read");
+  const auto levels = torch::tensor(nf4_levels(), torch::kFloat32);
+  for (const auto& item : m.named_modules("", false)) {
+    auto* p = item.value()->as<ProjectionImpl>();
+    const std::string w = item.key() + ".weight";
+    if (!p || !src.contains(w + ".quant_state.bitsandbytes__nf4")) continue;
+    auto blob = src.tensor(w + ".quant_state.bitsandbytes__nf4").to(torch::kUInt8).contiguous();
+    const std::string text(static_cast<const char*>(blob.data_ptr()), static_cast<size_t>(blob.numel()));
+    nlohmann::json st;
+    try {
+      st = nlohmann::json::parse(text);
+    } catch (const std::exception& e) {
+      raise(src.file_of(w), w + ".quant_state.bitsandbytes__nf4", "not JSON: ", e.what());
+    }
+    const std::string where = src.file_of(w) + " " + w + ".quant_state";
+    if (io::json_get<std::string>(st, "quant_type", where) != "nf4") raise(where, "quant_type", "expected nf4");
+    if (io::json_get<int64_t>(st, "blocksize", where) != kNf4Block) raise(where, "blocksize", "expected ", kNf4Block);
+    if (io::json_get<int64_t>(st, "nested_blocksize", where) != kNf4ScaleBlock) raise(where, "nested_blocksize", "expected ", kNf4ScaleBlock);
+    const auto shape = io::json_get<std::vector<int64_t>>(st, "shape", where);
+    if (shape != std::vector<int64_t>{p->out_features, p->in_features})
+      raise(where, "shape", "[", shape[0], ", ", shape.size() > 1 ? shape[1] : 0, "], expected [", p->out_features, ", ", p->in_features, "]");
+    if (!torch::equal(src.tensor(w + ".quant_map").to(torch::kFloat32).view({-1}), levels))
+      raise(src.file_of(w), w + ".quant_map", "is not the NF4 code");
+    if (!torch::equal(src.tensor(w + ".nested_quant_map").to(torch::kFloat32).view({-1}), dynamic8_code()))
+      raise(src.file_of(w), w + ".nested_quant_map", "is not bitsandbytes' signed dynamic 8-bit code");
+    Nf4Weight q;
+    q.double_quant = Nf4DoubleQuant::kDynamic8;
+    q.shape = shape;
+    q.numel = shape[0] * shape[1];
+    const int64_t blocks = (q.numel + kNf4Block - 1) / kNf4Block;
+    q.codes = src.tensor(w).to(torch::kUInt8).reshape({-1}).contiguous();
+    q.absmax_q = src.tensor(w + ".absmax").to(torch::kUInt8).reshape({-1}).contiguous();
+    q.absmax_scale = src.tensor(w + ".nested_absmax").to(torch::kFloat32).reshape({-1}).contiguous();
+    q.absmax_offset = io::json_get<double>(st, "nested_offset", where);
+    if (q.codes.numel() != (q.numel + 1) / 2 || q.absmax_q.numel() != blocks ||
+        q.absmax_scale.numel() != (blocks + kNf4ScaleBlock - 1) / kNf4ScaleBlock)
+      raise(src.file_of(w), w, "packed sizes do not match shape [", shape[0], ", ", shape[1], "]");
+    q.codes = q.codes.to(device);
+    q.absmax_q = q.absmax_q.to(device);
+    q.absmax_scale = q.absmax_scale.to(device);
+    p->set_nf4(q, dtype);
+    filled.insert(w);
+    ignore.push_back(w);
+    ignore.push_back(w + ".");
+  }
+  if (filled.empty()) raise(cfg_path, "quantization_config", "says bitsandbytes 4-bit, but no quantised weight is in the checkpoint");
+  return filled;
+}
+
+}  // namespace
+
 LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device,
                             const std::vector<std::string>& extra_ignore) {
   std::string cfg_path = io::config_path_of(dir);
@@ -153,7 +222,16 @@ LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, tor
   std::vector<std::string> ignore = {"rotary_emb.inv_freq"};
   if (cfg.tie_word_embeddings) ignore.push_back("lm_head.weight");
   ignore.insert(ignore.end(), extra_ignore.begin(), extra_ignore.end());
-  load_strict(*m, io::TensorSource::open(dir), ignore);
+  auto src = io::TensorSource::open(dir);
+  std::set<std::string> filled;
+  if (j.contains("quantization_config") && j["quantization_config"].is_object()) {
+    const auto& qc = j["quantization_config"];
+    const auto method = io::json_get_or<std::string>(qc, "quant_method", "", cfg_path);
+    if (method != "bitsandbytes" || !io::json_get_or<bool>(qc, "load_in_4bit", false, cfg_path))
+      raise(cfg_path, "quantization_config", "only bitsandbytes 4-bit (NF4) checkpoints are read, got quant_method '", method, "'");
+    filled = load_bnb_nf4(*m, src, qc, cfg_path, dtype, device, ignore);
+  }
+  load_strict(*m, src, ignore, "", filled);
   m->eval();
   return m;
 }

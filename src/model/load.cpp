@@ -23,13 +23,14 @@ std::string shape_str(c10::IntArrayRef s) {
 }  // namespace
 
 void load_strict(torch::nn::Module& m, const io::TensorSource& src, const std::vector<std::string>& ignore,
-                 const std::string& prefix) {
+                 const std::string& prefix, const std::set<std::string>& skip) {
   torch::NoGradGuard ng;
   std::vector<std::string> missing, unexpected, bad;
   std::set<std::string> wanted;
   auto params = m.named_parameters(true);
   auto buffers = m.named_buffers(true);
   auto visit = [&](const std::string& local, torch::Tensor& dst) {
+    if (skip.count(local)) return;
     std::string name = prefix + local;
     wanted.insert(name);
     if (!src.contains(name)) {

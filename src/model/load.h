@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -13,8 +14,10 @@ namespace vadapt::model {
 
 // `ignore` entries match a checkpoint name that ends with them (e.g. "rotary_emb.inv_freq") or
 // starts with them when they end in '.' (e.g. "text_model.").
+// `skip`: module parameter names (without prefix) that were filled otherwise (e.g. NF4 weights
+// read from a bitsandbytes checkpoint): neither loaded nor expected.
 void load_strict(torch::nn::Module& m, const io::TensorSource& src, const std::vector<std::string>& ignore = {},
-                 const std::string& prefix = "");
+                 const std::string& prefix = "", const std::set<std::string>& skip = {});
 
 struct ParamCount {
   int64_t total = 0;
