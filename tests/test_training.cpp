@@ -844,6 +844,22 @@ TEST(LlavaRelease, EveryLayoutLoadsWithTheSameLogitsAndTheReferenceNames) {
     fresh.method().load_official(tune == "projector" ? rel + "/mm_projector.bin" : rel);
     fresh.train_mode(false);
     EXPECT_TRUE(tensors_close(logits_of(fresh, b), ref, 0.0));
+    // Hugging Face's layout (LlavaForConditionalGeneration): read back with the same logits
+    // (LoRA folded into the LLM, so within float rounding).
+    const std::string hf = tmp.file("hf_" + tune);
+    ASSERT_EQ(vadapt_cli("export --adapter " + ours + " --format llava-hf --out " + hf, tmp.file("err")), 0) << slurp(tmp.file("err"));
+    auto hc = io::read_json(hf + "/config.json");
+    EXPECT_EQ(hc["architectures"][0], "LlavaForConditionalGeneration");
+    EXPECT_EQ(hc["vision_feature_layer"], -2);
+    EXPECT_EQ(hc["image_token_index"], m.lm()->config().vocab_size);
+    EXPECT_EQ(hc["text_config"]["vocab_size"].get<int64_t>() % 64, 0);
+    auto hsrc = io::TensorSource::open(hf);
+    for (const char* k : {"multi_modal_projector.linear_1.weight", "multi_modal_projector.linear_2.bias", "language_model.lm_head.weight",
+                          "language_model.model.layers.0.self_attn.q_proj.weight", "vision_tower.vision_model.embeddings.patch_embedding.weight"})
+      EXPECT_TRUE(hsrc.contains(k)) << k;
+    EXPECT_EQ(io::read_json(hf + "/tokenizer_config.json")["pad_token"], "<pad>");
+    auto hb = vlm::load_vlm_checkpoint(hf);
+    EXPECT_TRUE(tensors_close(logits_of(*hb, b).narrow(-1, 0, ref.size(-1)), ref, tune == "lora" ? 1e-5 : 0.0));
     if (tune != "lora") continue;
     // vadapt merge writes a merged LLaVA checkpoint (LLM + model.mm_projector.* + mm_* config).
     const std::string merged = tmp.file("merged");

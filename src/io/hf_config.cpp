@@ -30,6 +30,25 @@ std::string config_path_of(const std::string& dir_or_file) {
   return dir_or_file;
 }
 
+nlohmann::json part_config(const std::string& dir, const FolderPart& part, const nlohmann::json& defaults, std::string& label) {
+  label = config_path_of(dir);
+  auto j = read_json(label);
+  if (part.config_key.empty()) return j;
+  if (!j.contains(part.config_key) || !j[part.config_key].is_object()) raise(label, part.config_key, "missing object");
+  nlohmann::json out = defaults.is_object() ? defaults : nlohmann::json::object();
+  for (const auto& [k, v] : j[part.config_key].items()) out[k] = v;
+  label += " " + part.config_key;
+  return out;
+}
+
+const nlohmann::json& llama_config_defaults() {
+  static const nlohmann::json d = {{"model_type", "llama"}, {"vocab_size", 32000}, {"hidden_size", 4096}, {"intermediate_size", 11008},
+                                   {"num_hidden_layers", 32}, {"num_attention_heads", 32}, {"hidden_act", "silu"},
+                                   {"max_position_embeddings", 2048}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
+                                   {"tie_word_embeddings", false}, {"bos_token_id", 1}, {"eos_token_id", 2}};
+  return d;
+}
+
 torch::ScalarType dtype_from_name(const std::string& name, const std::string& where) {
   if (name == "float32" || name == "f32" || name == "fp32") return torch::kFloat32;
   if (name == "bfloat16" || name == "bf16") return torch::kBFloat16;

@@ -86,6 +86,20 @@ struct ClipVisionConfig {
 
 enum class ModelKind { kLlama, kViT, kClipVision };
 
+// Where one model sits in a folder that holds several (a llava-hf LlavaForConditionalGeneration
+// folder): its config is config.json's `config_key` object (fields left out take the Hugging
+// Face class defaults, as transformers fills them), its tensors are under `prefix`, and `ignore`
+// names the folder's other tensors (load_strict rules). Empty: the folder is the model.
+struct FolderPart {
+  std::string config_key;
+  std::string prefix;
+  std::vector<std::string> ignore;
+};
+// config.json of `dir`, or its part's object over `defaults`; `label` names it in errors.
+nlohmann::json part_config(const std::string& dir, const FolderPart& part, const nlohmann::json& defaults, std::string& label);
+// LlamaConfig's Hugging Face defaults (LLaMA-7B shape), for partial text_config objects.
+const nlohmann::json& llama_config_defaults();
+
 // Reads DIR/config.json (or a config.json path) and says which family it is; unknown
 // model_type values get an error that lists the supported ones.
 ModelKind detect_model_kind(const nlohmann::json& j, const std::string& source);

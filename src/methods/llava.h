@@ -45,8 +45,10 @@ class Llava : public Method {
   Rest merge_into(const vlm::VisionLanguageModel& m) override;
   void load_official(const std::string& path) override;
   std::optional<ReleaseFolder> read_release(const std::string& dir, const FolderOverrides& o) const override;
-  std::vector<std::string> export_formats() const override { return {"llava"}; }
-  void export_release(const vlm::VisionLanguageModel& m, const std::string& format, const std::string& out) const override;
+  std::vector<std::string> export_formats() const override { return {"llava", "llava-hf"}; }
+  void export_release(vlm::VisionLanguageModel& m, const std::string& format, const std::string& out) override;
+  // Hugging Face's LlavaForConditionalGeneration folder (LoRA folded into the LLM).
+  void export_llava_hf(vlm::VisionLanguageModel& m, const std::string& out);
   // LLaVA's config.json for this model: the LLM's config + mm_* fields (LlavaConfig).
   nlohmann::json release_config(const vlm::VisionLanguageModel& m) const;
 

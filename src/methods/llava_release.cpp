@@ -5,6 +5,11 @@
 //  lora       the LoRA run's output: adapter_config.json + adapter_model.{safetensors,bin} (PEFT)
 //             + non_lora_trainables.bin (base_model.model.model.mm_projector.*) + config.json
 //  projector  the stage-1 output: mm_projector.bin (model.mm_projector.*) + config.json
+// and Hugging Face's own layout of it:
+//  llava-hf   LlavaForConditionalGeneration (transformers' convert_llava_weights_to_hf.py):
+//             config.json {text_config, vision_config, image_token_index, ...}, tensors
+//             language_model.*, vision_tower.*, multi_modal_projector.linear_1 / linear_2,
+//             the tokenizer with <image> and <pad> added and the embeddings padded to 64.
 // The base LLM of lora / projector folders and the vision tower are named in them by hub id or
 // by a path of the machine that trained; FolderOverrides replace them.
 #include <filesystem>
@@ -49,10 +54,16 @@ bool has_llm_weights(const fs::path& d) {
   return false;
 }
 
-enum class Kind { kNone, kMerged, kLora, kProjector };
+enum class Kind { kNone, kMerged, kLora, kProjector, kHf };
+
+const std::string kHfProjector = "multi_modal_projector.";
 
 Kind kind_of(const fs::path& d) {
   if (!fs::is_directory(d)) return Kind::kNone;
+  if (fs::exists(d / "config.json") && has_llm_weights(d)) {
+    auto j = io::read_json((d / "config.json").string());
+    if (j.is_object() && j.value("model_type", "") == "llava") return Kind::kHf;
+  }
   if (fs::exists(d / "non_lora_trainables.bin") && fs::exists(d / "adapter_config.json")) return Kind::kLora;
   if (fs::exists(d / "mm_projector.bin")) return Kind::kProjector;
   if (fs::exists(d / "config.json") && has_llm_weights(d)) {
@@ -80,10 +91,61 @@ int64_t vision_image_size(const std::string& vision) {
 
 }  // namespace
 
+namespace {
+
+std::optional<ReleaseFolder> read_llava_hf(const fs::path& dir, const FolderOverrides& o) {
+  const std::string cfg_path = (dir / "config.json").string();
+  const auto c = io::read_json(cfg_path);
+  const auto strategy = io::json_get_or<std::string>(c, "vision_feature_select_strategy", "default", cfg_path);
+  if (strategy != "default") raise(cfg_path, "vision_feature_select_strategy", "only 'default' (patch tokens, no CLS) is supported, got '", strategy, "'");
+  if (c.contains("vision_feature_layer") && !c["vision_feature_layer"].is_number_integer())
+    raise(cfg_path, "vision_feature_layer", "expected one layer index (lists of layers are not supported)");
+  const auto act = io::json_get_or<std::string>(c, "projector_hidden_act", "gelu", cfg_path);
+  if (act != "gelu") raise(cfg_path, "projector_hidden_act", "only gelu (mlp2x_gelu) is supported, got '", act, "'");
+  if (!io::json_get_or<bool>(c, "multimodal_projector_bias", true, cfg_path)) raise(cfg_path, "multimodal_projector_bias", "false is not supported");
+  if (c.contains("text_config") && c["text_config"].value("model_type", "llama") != "llama")
+    raise(cfg_path, "text_config.model_type", "only Llama language models are supported");
+  auto src = io::TensorSource::open(dir.string());
+  if (!src.contains("language_model.model.embed_tokens.weight"))
+    raise(src.description(), "language_model.model.embed_tokens.weight",
+          "missing: expected the layout of transformers' conversion script (language_model.*, vision_tower.*, multi_modal_projector.*)");
+  ReleaseFolder r;
+  nlohmann::json& j = r.config;
+  j["method"] = "llava";
+  j["base_model_name_or_path"] = o.llm.empty() ? dir.string() : o.llm;
+  j["vision_tower"] = o.vision.empty() ? dir.string() : o.vision;
+  j["mm_projector_type"] = "mlp2x_gelu";
+  j["mm_vision_select_layer"] = io::json_get_or<int64_t>(c, "vision_feature_layer", -2, cfg_path);
+  j["tune"] = "projector";
+  j["template"] = o.template_name.empty() ? "vicuna_v1" : o.template_name;
+  if (o.llm.empty()) r.llm_part = {"text_config", "language_model.", {"vision_tower.", kHfProjector}};
+  if (o.vision.empty()) {
+    r.vision_part = {"vision_config", "vision_tower.", {"language_model.", kHfProjector}};
+    const auto& vc = c.contains("vision_config") ? c["vision_config"] : nlohmann::json::object();
+    j["preprocess"] = fs::exists(dir / "preprocessor_config.json") ? "" : cat("clip", vc.value("image_size", int64_t{336}));
+  }
+  for (const auto& n : src.names())
+    if (n.rfind(kHfProjector, 0) == 0) {
+      std::string rest = n.substr(kHfProjector.size());
+      if (rest.rfind("linear_1.", 0) == 0) rest = "0." + rest.substr(9);
+      else if (rest.rfind("linear_2.", 0) == 0) rest = "2." + rest.substr(9);
+      r.tensors.emplace_back(kProjector + rest, src.tensor(n));
+    }
+  if (r.tensors.empty()) raise(src.description(), kHfProjector, "no projector tensors");
+  return r;
+}
+
+}  // namespace
+
 std::optional<ReleaseFolder> Llava::read_release(const std::string& dir_in, const FolderOverrides& o) const {
   const fs::path dir(dir_in);
   const Kind kind = kind_of(dir);
   if (kind == Kind::kNone) return std::nullopt;
+  if (kind == Kind::kHf) {
+    auto r = read_llava_hf(dir, o);
+    if (o.template_name.empty()) log_info(cat(dir_in, ": using the vicuna_v1 template (LLaVA-1.5's; --template to change)"));
+    return r;
+  }
   const std::string cfg_path = (dir / "config.json").string();
   if (!fs::exists(cfg_path)) raise(cfg_path, "", "missing: a LLaVA checkpoint folder keeps its LlavaConfig (mm_* fields) there");
   const auto c = io::read_json(cfg_path);
@@ -114,7 +176,7 @@ std::optional<ReleaseFolder> Llava::read_release(const std::string& dir_in, cons
   if (kind == Kind::kMerged) {
     j["base_model_name_or_path"] = o.llm.empty() ? dir_in : o.llm;
     j["tune"] = "projector";
-    r.llm_ignore = {kMergedProjector, "model.vision_tower."};
+    r.llm_part.ignore = {kMergedProjector, "model.vision_tower."};
     for (auto& [n, v] : renamed(read_all(o.llm.empty() ? dir_in : o.llm), kMergedProjector, kProjector))
       if (n.rfind(kProjector, 0) == 0) r.tensors.emplace_back(n, v);
     if (r.tensors.empty()) raise(dir_in, kMergedProjector, "no projector tensors in the checkpoint");
@@ -211,7 +273,8 @@ nlohmann::json Llava::release_config(const vlm::VisionLanguageModel& m) const {
   return j;
 }
 
-void Llava::export_release(const vlm::VisionLanguageModel& m, const std::string& format, const std::string& out) const {
+void Llava::export_release(vlm::VisionLanguageModel& m, const std::string& format, const std::string& out) {
+  if (format == "llava-hf") return export_llava_hf(m, out);
   if (format != "llava") return Method::export_release(m, format, out);
   auto cfg = release_config(m);
   fs::create_directories(out);
@@ -242,6 +305,117 @@ void Llava::export_release(const vlm::VisionLanguageModel& m, const std::string&
     return;
   }
   io::write_text_atomic(out + "/config.json", cfg.dump(2) + "\n");
+}
+
+void Llava::export_llava_hf(vlm::VisionLanguageModel& m, const std::string& out) {
+  if (o_.connector != "mlp2x_gelu" || o_.pool > 0 || !o_.feature_norm.empty())
+    throw VadaptError(cat("llava-hf's projector is the 2-layer GELU MLP: connector ", o_.connector, " / pool / feature_norm cannot be written"));
+  const auto& spec = m.spec();
+  auto vj = io::read_json(io::config_path_of(spec.vision));
+  nlohmann::json vision_config;
+  const auto vmt = vj.value("model_type", "");
+  if (vmt == "clip") vision_config = vj["vision_config"];
+  else if (vmt == "clip_vision_model") vision_config = vj;
+  else throw VadaptError(cat(spec.vision, ": llava-hf takes a CLIP vision tower, this one is '", vmt, "'"));
+  vision_config["model_type"] = "clip_vision_model";
+  vision_config.erase("architectures");
+  if (o_.tune == "lora" || o_.tune == "qlora") {
+    adapters_->merge_into(*f_.lm);  // llava-hf has no place for LoRA: folded into the LLM
+    log_info("llava-hf: LoRA folded into the language model's weights");
+  }
+  if (spec.preprocess.rfind("llava_pad", 0) == 0)
+    log_warn("llava-hf's image processor resizes and centre-crops; this model was trained with pad-to-square (as llava-hf's own LLaVA-1.5 conversions are)");
+  fs::create_directories(out);
+  // The tokenizer with <image> and <pad> after the vocabulary, embeddings padded to a multiple of 64.
+  auto& lm = *f_.lm;
+  const auto& lc = lm.config();
+  const int64_t image_id = lc.vocab_size, pad_id = lc.vocab_size + 1;
+  const int64_t vocab = (lc.vocab_size + 2 + 63) / 64 * 64;
+  auto pad_rows = [&](const torch::Tensor& w) {
+    auto mean = w.mean(0, true).expand({vocab - w.size(0), w.size(1)});  // new rows: the mean row
+    return torch::cat({w, mean}, 0);
+  };
+  std::vector<std::pair<std::string, torch::Tensor>> t;
+  for (const auto& p : lm.named_parameters()) {
+    if (lc.tie_word_embeddings && p.key() == "lm_head.weight") continue;
+    const bool rows = p.key() == "model.embed_tokens.weight" || p.key() == "lm_head.weight";
+    t.emplace_back("language_model." + p.key(), rows ? pad_rows(p.value()) : p.value());
+  }
+  for (const auto& p : m.tower().module().named_parameters())
+    if (p.key().rfind("visual_projection.", 0) != 0) t.emplace_back("vision_tower." + p.key(), p.value());
+  for (const auto& [n, v] : state())
+    if (n.rfind(kProjector, 0) == 0) {
+      const std::string rest = n.substr(kProjector.size());
+      t.emplace_back(kHfProjector + (rest[0] == '0' ? "linear_1" : "linear_2") + rest.substr(1), v);
+    }
+  io::write_safetensors(out + "/model.safetensors", t, {{"format", "pt"}});
+  auto text_config = io::read_json(io::config_path_of(spec.llm));
+  text_config["vocab_size"] = vocab;
+  text_config["model_type"] = "llama";
+  text_config.erase("architectures");
+  nlohmann::json cfg = {{"architectures", {"LlavaForConditionalGeneration"}},
+                        {"model_type", "llava"},
+                        {"text_config", text_config},
+                        {"vision_config", vision_config},
+                        {"image_token_index", image_id},
+                        {"pad_token_id", pad_id},
+                        {"ignore_index", -100},
+                        {"projector_hidden_act", "gelu"},
+                        {"multimodal_projector_bias", true},
+                        {"vision_feature_layer", o_.feature_layer},
+                        {"vision_feature_select_strategy", "default"},
+                        {"image_seq_length", patches_},
+                        {"tie_word_embeddings", lc.tie_word_embeddings},
+                        {"torch_dtype", spec.dtype}};
+  io::write_text_atomic(out + "/config.json", cfg.dump(2) + "\n");
+  // Tokenizer files: <image> and <pad> added (tokenizer_config added_tokens_decoder, and
+  // tokenizer.json's added_tokens when the model has one).
+  const fs::path tdir(spec.llm);
+  nlohmann::json tc = fs::exists(tdir / "tokenizer_config.json") ? io::read_json((tdir / "tokenizer_config.json").string()) : nlohmann::json::object();
+  auto added = [](const std::string& s) {
+    return nlohmann::json{{"content", s}, {"lstrip", false}, {"normalized", false}, {"rstrip", false}, {"single_word", false}, {"special", true}};
+  };
+  if (!tc.contains("added_tokens_decoder") || !tc["added_tokens_decoder"].is_object()) tc["added_tokens_decoder"] = nlohmann::json::object();
+  tc["added_tokens_decoder"][std::to_string(image_id)] = added("<image>");
+  tc["added_tokens_decoder"][std::to_string(pad_id)] = added("<pad>");
+  tc["pad_token"] = "<pad>";
+  tc["processor_class"] = "LlavaProcessor";
+  io::write_text_atomic(out + "/tokenizer_config.json", tc.dump(2) + "\n");
+  if (fs::exists(tdir / "tokenizer.model")) fs::copy_file(tdir / "tokenizer.model", fs::path(out) / "tokenizer.model", fs::copy_options::overwrite_existing);
+  if (fs::exists(tdir / "tokenizer.json")) {
+    auto tj = io::read_json((tdir / "tokenizer.json").string());
+    if (!tj.contains("added_tokens") || !tj["added_tokens"].is_array()) tj["added_tokens"] = nlohmann::json::array();
+    for (auto [id, s] : {std::pair<int64_t, const char*>{image_id, "<image>"}, {pad_id, "<pad>"}}) {
+      auto a = added(s);
+      a["id"] = id;
+      tj["added_tokens"].push_back(a);
+    }
+    io::write_text_atomic(out + "/tokenizer.json", tj.dump() + "\n");
+  }
+  if (fs::exists(tdir / "special_tokens_map.json")) {
+    auto sm = io::read_json((tdir / "special_tokens_map.json").string());
+    sm["pad_token"] = "<pad>";
+    io::write_text_atomic(out + "/special_tokens_map.json", sm.dump(2) + "\n");
+  }
+  // The image processor (CLIPImageProcessor) and the processor.
+  const auto& pre = m.preprocess();
+  nlohmann::json pc = {{"image_processor_type", "CLIPImageProcessor"},
+                       {"processor_class", "LlavaProcessor"},
+                       {"do_resize", true},
+                       {"size", {{"shortest_edge", pre.crop}}},
+                       {"do_center_crop", true},
+                       {"crop_size", {{"height", pre.crop}, {"width", pre.crop}}},
+                       {"resample", pre.resample == vision::Filter::kBicubic ? 3 : 2},
+                       {"do_rescale", true},
+                       {"rescale_factor", 1.0 / 255.0},
+                       {"do_normalize", true},
+                       {"image_mean", pre.mean},
+                       {"image_std", pre.std},
+                       {"do_convert_rgb", true}};
+  io::write_text_atomic(out + "/preprocessor_config.json", pc.dump(2) + "\n");
+  nlohmann::json proc = {{"processor_class", "LlavaProcessor"}, {"image_token", "<image>"}, {"patch_size", vision_config.value("patch_size", 14)},
+                         {"vision_feature_select_strategy", "default"}, {"num_additional_image_tokens", 1}};
+  io::write_text_atomic(out + "/processor_config.json", proc.dump(2) + "\n");
 }
 
 Method::Rest Llava::merge_into(const vlm::VisionLanguageModel& m) {

@@ -107,7 +107,7 @@ void Method::load_official(const std::string& file) {
   throw VadaptError(cat(file, ": method ", name(), " has no loader for an official release's adapter file"));
 }
 
-void Method::export_release(const vlm::VisionLanguageModel&, const std::string& format, const std::string&) const {
+void Method::export_release(vlm::VisionLanguageModel&, const std::string& format, const std::string&) {
   std::string all;
   for (const auto& f : export_formats()) all += (all.empty() ? "" : ", ") + f;
   throw VadaptError(cat("export: method ", name(), " writes ", all.empty() ? std::string("no release formats") : "only " + all,

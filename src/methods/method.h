@@ -54,7 +54,7 @@ struct Frozen {
 // the adapter_config.json fields vadapt would have written for it and the tensors of state().
 struct ReleaseFolder {
   nlohmann::json config;                // generic keys (base_model_name_or_path, vision_tower, ...) + the method's
-  std::vector<std::string> llm_ignore;  // extra tensors in the LLM folder (name prefixes) the LLM loader skips
+  io::FolderPart llm_part, vision_part;  // where the LLM / the vision tower sit in their folders
   std::vector<std::pair<std::string, torch::Tensor>> tensors;  // under state() names
 };
 // What the user says beside such a folder (paths it names may be hub ids or other machines').
@@ -119,9 +119,10 @@ class Method {
   virtual void load_official(const std::string& path);
   // Recognises a folder in one of the method's release layouts (nullopt: not one of them).
   virtual std::optional<ReleaseFolder> read_release(const std::string& dir, const FolderOverrides& o) const { return std::nullopt; }
-  // Writes this (built, loaded) model in a release layout `format` (vadapt export).
+  // Writes this (built, loaded) model in a release layout `format` (vadapt export); a layout
+  // without a place for the adapter may fold it into the loaded model's weights first.
   virtual std::vector<std::string> export_formats() const { return {}; }
-  virtual void export_release(const vlm::VisionLanguageModel& m, const std::string& format, const std::string& out) const;
+  virtual void export_release(vlm::VisionLanguageModel& m, const std::string& format, const std::string& out);
 };
 
 // ids with placeholders + image embeddings (M, n, d) -> (B, T, d) input embeddings.

@@ -165,7 +165,7 @@ std::set<std::string> load_bnb_nf4(LlamaForCausalLMImpl& m, const io::TensorSour
   for (const auto& item : m.named_modules("", false)) {
     auto* p = item.value()->as<ProjectionImpl>();
     const std::string w = item.key() + ".weight";
-    if (!p || !src.contains(w + ".quant_state.bitsandbytes__nf4")) continue;
+    if (!p || !src.contains(w + ".quant_state.bitsandbytes__nf4")) continue;  // (bitsandbytes folders are whole LLMs: no prefix)
     auto blob = src.tensor(w + ".quant_state.bitsandbytes__nf4").to(torch::kUInt8).contiguous();
     const std::string text(static_cast<const char*>(blob.data_ptr()), static_cast<size_t>(blob.numel()));
     nlohmann::json st;
@@ -211,17 +211,16 @@ std::set<std::string> load_bnb_nf4(LlamaForCausalLMImpl& m, const io::TensorSour
 
 }  // namespace
 
-LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device,
-                            const std::vector<std::string>& extra_ignore) {
-  std::string cfg_path = io::config_path_of(dir);
-  auto j = io::read_json(cfg_path);
+LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device, const io::FolderPart& part) {
+  std::string cfg_path;
+  auto j = io::part_config(dir, part, io::llama_config_defaults(), cfg_path);
   if (io::detect_model_kind(j, cfg_path) != io::ModelKind::kLlama)
     raise(cfg_path, "model_type", "is not a Llama model");
   auto cfg = io::LlamaConfig::from_json(j, cfg_path);
   LlamaForCausalLM m(cfg, torch::TensorOptions().dtype(dtype).device(device));
   std::vector<std::string> ignore = {"rotary_emb.inv_freq"};
   if (cfg.tie_word_embeddings) ignore.push_back("lm_head.weight");
-  ignore.insert(ignore.end(), extra_ignore.begin(), extra_ignore.end());
+  ignore.insert(ignore.end(), part.ignore.begin(), part.ignore.end());
   auto src = io::TensorSource::open(dir);
   std::set<std::string> filled;
   if (j.contains("quantization_config") && j["quantization_config"].is_object()) {
@@ -231,7 +230,7 @@ LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, tor
       raise(cfg_path, "quantization_config", "only bitsandbytes 4-bit (NF4) checkpoints are read, got quant_method '", method, "'");
     filled = load_bnb_nf4(*m, src, qc, cfg_path, dtype, device, ignore);
   }
-  load_strict(*m, src, ignore, "", filled);
+  load_strict(*m, src, ignore, part.prefix, filled);
   m->eval();
   return m;
 }

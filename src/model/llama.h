@@ -110,8 +110,7 @@ torch::Tensor build_attention_mask(int64_t batch, int64_t t, int64_t past, const
 void save_hf_llama(const LlamaForCausalLMImpl& lm, const std::string& tokenizer_dir, const std::string& out,
                    const std::vector<std::pair<std::string, torch::Tensor>>& tensors = {}, const nlohmann::json& config = nullptr);
 
-// `extra_ignore`: more tensor-name prefixes / suffixes of the folder to skip (load_strict rules).
-LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device,
-                            const std::vector<std::string>& extra_ignore = {});
+// `part`: the LLM's place in a folder that holds more than the LLM (io::FolderPart).
+LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, torch::Device device, const io::FolderPart& part = {});
 
 }  // namespace vadapt::model

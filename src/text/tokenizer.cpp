@@ -1,7 +1,9 @@
 // Tokenizer loading (format detection, tokenizer_config.json) and streaming detokenization.
 #include "text/tokenizer.h"
 
+#include <cstdlib>
 #include <filesystem>
+#include <map>
 
 #include "common/error.h"
 #include "io/json_file.h"
@@ -26,10 +28,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     tok = d.extension() == ".json" ? std::unique_ptr<Tokenizer>(new BpeTokenizer(d.string()))
                                    : std::unique_ptr<Tokenizer>(new SentencePieceTokenizer(d.string()));
     d = d.parent_path();
+  } else if (fs::exists(d / "tokenizer.model")) {
+    // A folder with both (Llama 2, Mistral, llava-hf) holds a SentencePiece model and its
+    // fast-tokenizer twin; the SentencePiece model is the reference there.
+    tok = std::make_unique<SentencePieceTokenizer>((d / "tokenizer.model").string());
   } else if (fs::exists(d / "tokenizer.json")) {
     tok = std::make_unique<BpeTokenizer>((d / "tokenizer.json").string());
-  } else if (fs::exists(d / "tokenizer.model")) {
-    tok = std::make_unique<SentencePieceTokenizer>((d / "tokenizer.model").string());
   } else {
     raise(dir, "", "no tokenizer.json or tokenizer.model in this folder");
   }
@@ -38,11 +42,22 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     auto j = io::read_json(cfg.string());
     if (j.contains("add_bos_token") && j["add_bos_token"].is_boolean()) tok->add_bos_token_ = j["add_bos_token"].get<bool>();
     if (j.contains("legacy") && j["legacy"].is_boolean()) tok->legacy_ = j["legacy"].get<bool>();
+    // Tokens added on top of the model's vocabulary (llava-hf: <image> 32000, <pad> 32001).
+    std::map<std::string, int64_t> added;
+    if (j.contains("added_tokens_decoder") && j["added_tokens_decoder"].is_object())
+      for (const auto& [k, v] : j["added_tokens_decoder"].items()) {
+        const std::string content = token_string(v);
+        char* end = nullptr;
+        const long long id = std::strtoll(k.c_str(), &end, 10);
+        if (content.empty() || !end || *end || id < 0) raise(cfg.string(), "added_tokens_decoder." + k, "expected {\"content\": ...} under a token id");
+        added[content] = id;
+      }
     auto set_id = [&](const char* key, int64_t& slot) {
       if (!j.contains(key)) return;
       std::string s = token_string(j[key]);
       if (s.empty()) return;
       int64_t id = tok->token_to_id(s);
+      if (id < 0 && added.count(s)) id = added[s];
       if (id < 0) raise(cfg.string(), key, "token '", s, "' is not in the vocabulary");
       slot = id;
     };

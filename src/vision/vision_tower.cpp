@@ -10,9 +10,10 @@
 
 namespace vadapt::vision {
 
-std::shared_ptr<VisionTower> load_vision_tower(const std::string& dir, torch::ScalarType dtype, torch::Device device) {
-  std::string cfg_path = io::config_path_of(dir);
-  auto j = io::read_json(cfg_path);
+std::shared_ptr<VisionTower> load_vision_tower(const std::string& dir, torch::ScalarType dtype, torch::Device device,
+                                               const io::FolderPart& part) {
+  std::string cfg_path;
+  auto j = io::part_config(dir, part, nlohmann::json::object(), cfg_path);
   auto opts = torch::TensorOptions().dtype(dtype).device(device);
   std::shared_ptr<VisionTower> tower;
   std::vector<std::string> ignore;
@@ -30,7 +31,8 @@ std::shared_ptr<VisionTower> load_vision_tower(const std::string& dir, torch::Sc
     default:
       raise(cfg_path, "model_type", "is a language model, not a vision tower (expected vit or clip)");
   }
-  model::load_strict(tower->module(), io::TensorSource::open(dir), ignore);
+  ignore.insert(ignore.end(), part.ignore.begin(), part.ignore.end());
+  model::load_strict(tower->module(), io::TensorSource::open(dir), ignore, part.prefix);
   tower->module().eval();
   return tower;
 }

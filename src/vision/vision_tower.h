@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "io/hf_config.h"
 #include "model/seams.h"
 
 namespace vadapt::vision {
@@ -36,7 +37,8 @@ class VisionTower {
 };
 
 // Loads DIR (config.json + safetensors) as a ViT or CLIP vision tower, strict, frozen.
-std::shared_ptr<VisionTower> load_vision_tower(const std::string& dir, torch::ScalarType dtype, torch::Device device);
+std::shared_ptr<VisionTower> load_vision_tower(const std::string& dir, torch::ScalarType dtype, torch::Device device,
+                                               const io::FolderPart& part = {});
 
 // Patch tokens of a given hidden-state layer (negative counts from the end), CLS dropped:
 // (B, N, C). LLaVA's "layer -2 patch features".

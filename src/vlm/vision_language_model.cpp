@@ -22,13 +22,13 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
   method_->configure(spec.options, "method options");
   spec_.options = method_->config();  // complete and normalised: what adapter_config.json records
   auto dtype = io::dtype_from_name(spec.dtype, "dtype");
-  lm_ = model::load_llama(spec.llm, dtype, device, spec.llm_ignore);
+  lm_ = model::load_llama(spec.llm, dtype, device, spec.llm_part);
   tok_ = text::load_tokenizer(spec.llm);
   if (spec.vision.empty()) {
     if (method_->needs_vision())
       throw VadaptError(cat("model.vision: method ", spec.method, " (", method_->describe(), ") needs a vision tower folder"));
   } else {
-    tower_ = vision::load_vision_tower(spec.vision, dtype, device);
+    tower_ = vision::load_vision_tower(spec.vision, dtype, device, spec.vision_part);
     pre_ = spec.preprocess.empty() ? vision::PreprocessConfig::from_hf(spec.vision) : vision::PreprocessConfig::named(spec.preprocess);
     if (pre_.crop != tower_->image_size())
       throw VadaptError(cat("preprocess ", pre_.describe(), " makes ", pre_.crop, " px images; the vision tower expects ",
@@ -188,7 +188,8 @@ std::unique_ptr<VisionLanguageModel> load_vlm_checkpoint(const std::string& dir,
   }
   auto spec = VlmSpec::from_json(rel->config, dir + " (release folder)");
   apply(spec);
-  spec.llm_ignore = rel->llm_ignore;
+  spec.llm_part = rel->llm_part;
+  spec.vision_part = rel->vision_part;
   auto m = std::make_unique<VisionLanguageModel>(spec, device);
   methods::copy_tensors_strict(dir, rel->tensors, m->trainable_state());
   m->train_mode(false);

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "io/hf_config.h"
+
 namespace vadapt::vlm {
 
 struct VlmSpec {
@@ -19,9 +21,9 @@ struct VlmSpec {
   std::string dtype = "float32";
   uint64_t seed = 0;
   nlohmann::json options = nlohmann::json::object();  // the method's adapter_config.json fields
-  // Not saved: extra tensors in the LLM folder (name prefixes) that the LLM loader skips (a
-  // merged LLaVA folder holds the projector beside the LLM's weights).
-  std::vector<std::string> llm_ignore;
+  // Not saved: where the LLM and the vision tower sit in their folders when a folder holds more
+  // than one model (a merged LLaVA folder: the projector beside the LLM; llava-hf: all three).
+  io::FolderPart llm_part, vision_part;
 
   nlohmann::json to_json() const;
   static VlmSpec from_json(const nlohmann::json& j, const std::string& source);
