@@ -197,13 +197,13 @@ std::optional<ReleaseFolder> Llava::read_release(const std::string& dir_in, cons
     raise(peft_cfg, "target_modules", "LLaVA folders with regex targets, layers_to_transform or rsLoRA are not supported");
   base = peft.base_model.empty() ? base : peft.base_model;
   j["base_model_name_or_path"] = local_path(base, dir, o.llm, peft_cfg, "base_model_name_or_path", "--model");
-  j["tune"] = "lora";
-  j["peft_type"] = "LORA";
-  j["r"] = peft.targets.lora.r;
-  j["lora_alpha"] = peft.targets.lora.alpha;
-  j["lora_dropout"] = peft.targets.lora.dropout;
-  j["target_modules"] = peft.targets.target_modules;
-  j["bias"] = "none";
+  Llava lora;  // the adapter_config fields of the same options
+  lora.o_.connector = j["mm_projector_type"].get<std::string>();
+  lora.o_.feature_layer = j["mm_vision_select_layer"].get<int64_t>();
+  lora.o_.tune = "lora";
+  lora.o_.lora.lora = peft.targets.lora;
+  lora.o_.lora.target_modules = peft.targets.target_modules;
+  for (const auto& [k, v] : lora.config().items()) j[k] = v;
   r.tensors = renamed(read_all((dir / "non_lora_trainables.bin").string()), kLoraProjector, kProjector);
   const fs::path weights = fs::exists(dir / "adapter_model.safetensors") ? dir / "adapter_model.safetensors" : dir / "adapter_model.bin";
   for (auto& t : read_all(weights.string())) r.tensors.push_back(std::move(t));
