@@ -203,7 +203,8 @@ std::optional<ReleaseFolder> Llava::read_release(const std::string& dir_in, cons
   lora.o_.tune = "lora";
   lora.o_.lora.lora = peft.targets.lora;
   lora.o_.lora.target_modules = peft.targets.target_modules;
-  for (const auto& [k, v] : lora.config().items()) j[k] = v;
+  const nlohmann::json lc = lora.config();  // (a named copy: items() of a temporary dangles)
+  for (const auto& [k, v] : lc.items()) j[k] = v;
   r.tensors = renamed(read_all((dir / "non_lora_trainables.bin").string()), kLoraProjector, kProjector);
   const fs::path weights = fs::exists(dir / "adapter_model.safetensors") ? dir / "adapter_model.safetensors" : dir / "adapter_model.bin";
   for (auto& t : read_all(weights.string())) r.tensors.push_back(std::move(t));
