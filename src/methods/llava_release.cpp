@@ -60,16 +60,12 @@ const std::string kHfProjector = "multi_modal_projector.";
 
 Kind kind_of(const fs::path& d) {
   if (!fs::is_directory(d)) return Kind::kNone;
-  if (fs::exists(d / "config.json") && has_llm_weights(d)) {
-    auto j = io::read_json((d / "config.json").string());
-    if (j.is_object() && j.value("model_type", "") == "llava") return Kind::kHf;
-  }
+  nlohmann::json j;  // config.json of a folder with model weights (merged / llava-hf), read once
+  if (fs::exists(d / "config.json") && has_llm_weights(d)) j = io::read_json((d / "config.json").string());
+  if (j.is_object() && j.value("model_type", "") == "llava") return Kind::kHf;
   if (fs::exists(d / "non_lora_trainables.bin") && fs::exists(d / "adapter_config.json")) return Kind::kLora;
   if (fs::exists(d / "mm_projector.bin")) return Kind::kProjector;
-  if (fs::exists(d / "config.json") && has_llm_weights(d)) {
-    auto j = io::read_json((d / "config.json").string());
-    if (j.is_object() && (j.contains("mm_projector_type") || j.contains("mm_vision_tower"))) return Kind::kMerged;
-  }
+  if (j.is_object() && (j.contains("mm_projector_type") || j.contains("mm_vision_tower"))) return Kind::kMerged;
   return Kind::kNone;
 }
 

@@ -23,10 +23,7 @@ void ProjectionImpl::set_nf4(Nf4Weight q, torch::ScalarType dtype) {
 
 void ProjectionImpl::quantize_nf4(Nf4DoubleQuant dq) {
   if (is_nf4()) return;
-  dense_dtype_ = weight.scalar_type();
-  nf4_ = nf4_quantize(weight, dq);
-  torch::NoGradGuard ng;
-  weight.set_data(torch::empty({0}, weight.options()));
+  set_nf4(nf4_quantize(weight, dq), weight.scalar_type());
 }
 
 void ProjectionImpl::dequantize() {

@@ -64,13 +64,18 @@ generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::
     if (id >= 0) opts.stop_ids.push_back(id);
     else text_stops.push_back(s);
   }
-  std::vector<std::vector<int64_t>> so_far(prompts.size());
+  // Each row's text so far, decoded incrementally (one token per step, not the whole row).
+  std::vector<text::StreamDecoder> decoders(prompts.size(), text::StreamDecoder(m.tokenizer()));
+  std::vector<std::string> so_far(prompts.size());
   generate::TokenCallback on_token = on_token_in;
   if (!text_stops.empty() && opts.num_beams <= 1)
     on_token = [&](int64_t row, int64_t id) {
       const bool go_on = !on_token_in || on_token_in(row, id);
-      so_far[static_cast<size_t>(row)].push_back(id);
-      return go_on && stop_at(m.tokenizer(), so_far[static_cast<size_t>(row)], text_stops) == std::string::npos;
+      auto& t = so_far[static_cast<size_t>(row)];
+      t += decoders[static_cast<size_t>(row)].push(id);
+      for (const auto& s : text_stops)
+        if (t.find(s) != std::string::npos) return false;
+      return go_on;
     };
   auto res = generate_for(m, prompts, images, opts, on_token);
   for (auto& row : res.tokens) {
