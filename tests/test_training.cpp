@@ -859,7 +859,9 @@ TEST(LlavaRelease, EveryLayoutLoadsWithTheSameLogitsAndTheReferenceNames) {
       EXPECT_TRUE(hsrc.contains(k)) << k;
     EXPECT_EQ(io::read_json(hf + "/tokenizer_config.json")["pad_token"], "<pad>");
     auto hb = vlm::load_vlm_checkpoint(hf);
-    EXPECT_TRUE(tensors_close(logits_of(*hb, b).narrow(-1, 0, ref.size(-1)), ref, tune == "lora" ? 1e-5 : 0.0));
+    // Not bitwise even for the projector: the padded lm_head is a GEMM of another shape, whose
+    // blocking (and float summation order) depends on the BLAS build and the CPU.
+    EXPECT_TRUE(tensors_close(logits_of(*hb, b).narrow(-1, 0, ref.size(-1)), ref, tune == "lora" ? 1e-5 : 1e-6));
     if (tune != "lora") continue;
     // vadapt merge writes a merged LLaVA checkpoint (LLM + model.mm_projector.* + mm_* config).
     const std::string merged = tmp.file("merged");

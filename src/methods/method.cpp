@@ -25,6 +25,7 @@ VisionDims VisionDims::from_config_dir(const std::string& dir) {
     d.hidden_size = c.hidden_size, d.num_layers = c.num_hidden_layers, image = c.image_size, patch = c.patch_size;
   }
   d.num_patches = (image / patch) * (image / patch);
+  d.output_size = j.contains("projection_dim") && j["projection_dim"].is_number_integer() ? j["projection_dim"].get<int64_t>() : d.hidden_size;
   return d;
 }
 

@@ -31,10 +31,15 @@ struct Sample;
 
 namespace vadapt::methods {
 
+// Which samples a parameter group learns from (LLaMA-Adapter V2's joint training with disjoint
+// parameters: caption data trains the visual side, text-only instructions the language side).
+enum class DataKind { kAny, kImage, kText };
+
 struct ParamGroup {
   std::string name;                  // "projector", "lora", "llm", "prompts", ...
   std::vector<torch::Tensor> params;
   bool connector = false;            // takes train.lr_projector when that is set
+  DataKind data = DataKind::kAny;    // kImage / kText: only samples with / without an image give it gradients
 };
 
 // What a method hands the frozen LLM for one forward pass.
@@ -65,6 +70,7 @@ struct FolderOverrides {
 // Vision tower dimensions from its config alone.
 struct VisionDims {
   int64_t hidden_size = 0, num_layers = 0, num_patches = 0;
+  int64_t output_size = 0;  // width of the final tokens: projection_dim where the config has one, else hidden_size
   static VisionDims from_config_dir(const std::string& dir);
 };
 

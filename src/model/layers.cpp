@@ -56,7 +56,9 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double e, const torch::TensorOptions& opts
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   auto xf = x.to(torch::kFloat32);                                     // (..., d)
   auto var = xf.pow(2).mean(-1, /*keepdim=*/true);                     // (..., 1)
-  return weight * (xf * torch::rsqrt(var + eps)).to(x.scalar_type());  // (..., d)
+  // The weight in the activations' dtype: a trained norm (LLaMA-Adapter V2) keeps fp32 weights
+  // beside a half-precision model without changing the stream's dtype.
+  return weight.to(x.scalar_type()) * (xf * torch::rsqrt(var + eps)).to(x.scalar_type());  // (..., d)
 }
 
 LayerNormImpl::LayerNormImpl(int64_t dim, double e, const torch::TensorOptions& opts) : eps(e) {

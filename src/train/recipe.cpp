@@ -206,7 +206,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       std::string w = where + " train";
       methods::check_keys(*tj, {"epochs", "max_steps", "batch_size", "grad_accum", "lr", "blr", "lr_projector", "weight_decay", "beta1",
                        "beta2", "eps", "max_grad_norm", "warmup_ratio", "warmup_epochs", "schedule", "max_seq_len", "seed", "log_every",
-                       "save_every", "keep_last", "eval_every", "eval_batches", "precision", "plot", "group_by_modality_length"}, w);
+                       "save_every", "keep_last", "eval_every", "eval_batches", "precision", "plot", "group_by_modality_length",
+                       "lr_groups"}, w);
       get_into(tj, "epochs", t.epochs, w);
       get_into(tj, "max_steps", t.max_steps, w);
       get_into(tj, "batch_size", t.batch_size, w);
@@ -232,6 +233,14 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       get_into(tj, "eval_batches", t.eval_batches, w);
       get_into(tj, "precision", t.precision, w);
       get_into(tj, "plot", t.plot, w);
+      if (tj->contains("lr_groups")) {
+        const auto& g = (*tj)["lr_groups"];
+        if (!g.is_object()) raise(w, "lr_groups", "must be a mapping of parameter group name to lr (e.g. {visual: 1e-3, prompts: 5e-4})");
+        for (const auto& [k, v] : g.items()) {
+          if (!v.is_number()) raise(w, "lr_groups." + k, "must be a number, got ", v.dump());
+          t.lr_groups[k] = v.get<double>();
+        }
+      }
     }
     parse_precision(t.precision, where + " train.precision");
     if (t.epochs <= 0 && t.max_steps <= 0) raise(where, "train.epochs", "needs epochs > 0 or max_steps > 0");

@@ -255,10 +255,23 @@ TrainResult Trainer::fit() {
   std::vector<double> group_lr;
   std::vector<torch::Tensor> all_params;
   TrainResult res;
-  for (auto& group : m_.trainable_groups()) {
+  auto trainable = m_.trainable_groups();
+  for (const auto& [name, lr] : cfg_.lr_groups) {
+    std::string all;
+    bool found = false;
+    for (const auto& g : trainable) found = found || g.name == name, all += (all.empty() ? "" : ", ") + g.name;
+    if (!found) throw VadaptError(cat("train.lr_groups: no trainable parameter group '", name, "' (this stage trains: ", all, ")"));
+    if (!(lr > 0)) throw VadaptError(cat("train.lr_groups.", name, ": must be positive, got ", lr));
+  }
+  // Groups that learn only from one kind of sample (joint training with disjoint parameters):
+  // each micro-batch is split by kind, and a group is frozen for the parts of the other kind.
+  bool disjoint = false;
+  for (const auto& g : trainable) disjoint = disjoint || g.data != methods::DataKind::kAny;
+  for (auto& group : trainable) {
     const auto& name = group.name;
     auto& params = group.params;
     double lr = (group.connector && cfg_.lr_projector > 0) ? cfg_.lr_projector : base_lr;
+    if (auto it = cfg_.lr_groups.find(name); it != cfg_.lr_groups.end()) lr = it->second;
     std::vector<torch::Tensor> decay, no_decay;
     for (auto& p : params) {
       if (p.scalar_type() != torch::kFloat32)
@@ -331,6 +344,7 @@ TrainResult Trainer::fit() {
     // This rank's micro-batches of the step; the loss is normalised by the step's target tokens
     // over all micro-batches and ranks, so 1 worker x batch 2B equals 2 workers x batch B.
     std::vector<vlm::Batch> batches;
+    std::vector<methods::DataKind> batch_kind;
     double local_tokens = 0;
     for (int64_t a = 0; a < cfg_.grad_accum; ++a) {
       const int64_t micro = ((step % steps_per_epoch) * cfg_.grad_accum + a) % micro_per_epoch;
@@ -338,18 +352,35 @@ TrainResult Trainer::fit() {
       std::vector<size_t> idx;
       for (int64_t j = lo; j < std::min<int64_t>(lo + cfg_.batch_size, N); ++j) idx.push_back(order[static_cast<size_t>(j)]);
       if (idx.empty()) continue;  // the epoch's last global micro-batch may leave a rank without samples
-      batches.push_back(make_batch(train_, idx));
-      local_tokens += static_cast<double>(target_tokens(batches.back()));
+      std::vector<std::pair<methods::DataKind, std::vector<size_t>>> parts{{methods::DataKind::kAny, idx}};
+      if (disjoint) {
+        parts = {{methods::DataKind::kImage, {}}, {methods::DataKind::kText, {}}};
+        for (auto i : idx) parts[train_[i].image.empty() ? 1 : 0].second.push_back(i);
+      }
+      for (auto& [kind, part] : parts) {
+        if (part.empty()) continue;
+        batches.push_back(make_batch(train_, part));
+        batch_kind.push_back(kind);
+        local_tokens += static_cast<double>(target_tokens(batches.back()));
+      }
     }
     const double step_tokens = std::max(1.0, allreduce(local_tokens));
     double local_sum = 0;
-    for (auto& batch : batches) {
+    std::vector<double> touched(trainable.size(), 0.0);  // per group: whether a part of its kind was in this step
+    for (size_t bi = 0; bi < batches.size(); ++bi) {
+      auto& batch = batches[bi];
+      for (size_t g = 0; g < trainable.size(); ++g) {
+        const bool on = trainable[g].data == methods::DataKind::kAny || trainable[g].data == batch_kind[bi];
+        if (on) touched[g] = 1.0;
+        if (disjoint)
+          for (auto& p : trainable[g].params) p.set_requires_grad(on);
+      }
       vlm::LossResult r;
       {
         AutocastGuard ac(m_.device(), precision);
         r = m_.loss(batch);
       }
-      (r.sum * (scaler.scale() / step_tokens)).backward();
+      if (r.sum.requires_grad()) (r.sum * (scaler.scale() / step_tokens)).backward();
       local_sum += r.loss_sum;
       window_tokens += static_cast<double>(batch.tokens);
       window_images += batch.pixels.defined()     ? static_cast<double>(batch.pixels.size(0))
@@ -366,6 +397,20 @@ TrainResult Trainer::fit() {
       grads.push_back(torch::tensor({local_sum}, torch::kFloat64));
       cfg_.comm->allreduce_sum(grads);
       local_sum = grads.back().item<double>();
+    }
+    if (disjoint) {
+      for (auto& g : trainable)
+        for (auto& p : g.params) p.set_requires_grad(true);
+      // A group without a part of its kind in this step (on any rank) does not step at all: no
+      // zero-gradient AdamW update that would move it by momentum or weight decay.
+      if (cfg_.comm) {
+        auto t = torch::tensor(touched, torch::kFloat64);
+        cfg_.comm->allreduce_sum({t});
+        for (size_t g = 0; g < touched.size(); ++g) touched[g] = t[static_cast<int64_t>(g)].item<double>();
+      }
+      for (size_t g = 0; g < trainable.size(); ++g)
+        if (touched[g] == 0.0)
+          for (auto& p : trainable[g].params) p.mutable_grad() = torch::Tensor();
     }
     const double step_loss = local_sum / step_tokens;
     if (!std::isfinite(step_loss)) throw VadaptError(cat("train: loss is ", step_loss, " at step ", step, " (lower the lr?)"));

@@ -5,6 +5,7 @@
 // resume, keep-last-N.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <random>
 #include <string>
@@ -24,6 +25,9 @@ struct TrainConfig {
   double lr = 2e-3;
   double blr = -1;          // > 0: lr = blr * global_batch / 256
   double lr_projector = -1; // < 0: lr
+  // Per parameter group lr by the method's group names (LLaMA-Adapter V2: visual, prompts,
+  // bias_scale, norms, lora); groups not named take lr (or lr_projector).
+  std::map<std::string, double> lr_groups;
   double weight_decay = 0.0;
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   double max_grad_norm = 1.0;  // <= 0: no clipping

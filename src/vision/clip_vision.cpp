@@ -40,6 +40,8 @@ VisionOutput ClipVisionImpl::encode(const torch::Tensor& px) {
   x = out.last_hidden_state;
   out.pooled = post_layernorm_(x.select(1, 0));                    // (B, C)
   if (visual_projection_) out.head = visual_projection_(out.pooled);  // (B, P)
+  out.tokens = post_layernorm_(x);                                      // (B, 1+N, C)
+  if (visual_projection_) out.tokens = visual_projection_(out.tokens);  // (B, 1+N, P)
   return out;
 }
 

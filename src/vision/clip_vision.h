@@ -18,6 +18,7 @@ class ClipVisionImpl : public torch::nn::Module, public VisionTower {
   ClipVisionImpl(io::ClipVisionConfig cfg, const torch::TensorOptions& opts);
   VisionOutput encode(const torch::Tensor& pixel_values) override;
   int64_t hidden_size() const override { return cfg_.hidden_size; }
+  int64_t output_size() const override { return cfg_.projection_dim > 0 ? cfg_.projection_dim : cfg_.hidden_size; }
   int64_t num_layers() const override { return cfg_.num_hidden_layers; }
   int64_t image_size() const override { return cfg_.image_size; }
   int64_t num_patches() const override {

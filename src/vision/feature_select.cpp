@@ -26,7 +26,17 @@ FeatureSelect FeatureSelect::cls_taps(std::vector<int64_t> taps) {
   return f;
 }
 
+FeatureSelect FeatureSelect::final_tokens() {
+  FeatureSelect f;
+  f.kind = Kind::kFinal;
+  return f;
+}
+
 torch::Tensor FeatureSelect::select(const VisionOutput& out) const {
+  if (kind == Kind::kFinal) {
+    if (!out.tokens.defined()) throw VadaptError("vision features 'final': this vision tower gives no final-norm tokens");
+    return out.tokens;  // (B, 1+N, P)
+  }
   if (kind == Kind::kPatch) return select_patch_features(out, layer);  // (B, N, C)
   const int64_t n = static_cast<int64_t>(out.hidden_states.size());
   std::vector<torch::Tensor> cls;
@@ -40,11 +50,13 @@ void FeatureSelect::validate(int64_t n) const {
 }
 
 int64_t FeatureSelect::rows(int64_t num_patches) const {
+  if (kind == Kind::kFinal) return num_patches + 1;
   return kind == Kind::kPatch ? num_patches : static_cast<int64_t>(taps.size());
 }
 
 std::string FeatureSelect::describe() const {
   if (kind == Kind::kPatch) return cat(layer);  // the key LLaVA's caches were written with
+  if (kind == Kind::kFinal) return "final";
   std::string s = "cls";
   for (auto t : taps) s += cat(":", t);
   return s;

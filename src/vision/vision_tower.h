@@ -19,6 +19,9 @@ struct VisionOutput {
   torch::Tensor last_hidden_state;           // (B, 1 + N, C) as the HF model returns it
   torch::Tensor pooled;                      // (B, C): ViT pooler / CLIP post_layernorm(CLS); may be undefined
   torch::Tensor head;                        // (B, K): ViT classifier logits / CLIP image_embeds; may be undefined
+  // (B, 1 + N, P): every token after the final norm and, where the tower has one, the visual
+  // projection (OpenAI CLIP's `ln_post(x) @ proj` on all tokens; ViT: last_hidden_state).
+  torch::Tensor tokens;
 };
 
 class VisionTower {
@@ -27,6 +30,8 @@ class VisionTower {
   // pixel_values (B, 3, H, W) -> outputs.
   virtual VisionOutput encode(const torch::Tensor& pixel_values) = 0;
   virtual int64_t hidden_size() const = 0;
+  // Width of VisionOutput::tokens (the projection's where the tower has one).
+  virtual int64_t output_size() const { return hidden_size(); }
   virtual int64_t num_layers() const = 0;
   virtual int64_t image_size() const = 0;
   virtual int64_t num_patches() const = 0;

@@ -43,6 +43,7 @@ VisionOutput ViTImpl::encode(const torch::Tensor& pixel_values) {
   out.hidden_states.push_back(x);
   x = run_blocks(layers_, x, out.hidden_states);  // (B, 1+N, C)
   out.last_hidden_state = layernorm_(x);          // (B, 1+N, C)
+  out.tokens = out.last_hidden_state;             // (B, 1+N, C)
   auto cls = out.last_hidden_state.select(1, 0);  // (B, C)
   if (classifier_) out.head = classifier_(cls);                         // (B, num_labels)
   if (pooler_) out.pooled = torch::tanh(pooler_(cls));                  // (B, C)
