@@ -3,11 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <filesystem>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "fixtures.h"
 #include "io/safetensors.h"
+#include "train/recipe.h"
 
 using vadapt::test::TempDir;
 
@@ -174,4 +176,29 @@ TEST(Cli, LlamaAdapterV1WorksWithEveryCommand) {
   auto bad = run_cli("train --recipe " + recipe + " --out " + tmp.file("x") + " --set adapter.layers=7");
   EXPECT_NE(bad.rc, 0);
   EXPECT_NE(bad.err.find("layers"), std::string::npos) << bad.err;
+}
+
+// Every recipe shipped in recipes/ parses, validates (unknown keys are errors) and gives its
+// parameter counts from configs alone; the 7B / 13B ones against the reference configs.
+TEST(Cli, EveryShippedRecipeInspects) {
+  VADAPT_REQUIRE_SHARED();
+  const std::string shared = vadapt::test::shared_dir(), refs = shared + "/reference/configs/";
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(VADAPT_SOURCE_DIR) + "/recipes")) {
+    const std::string path = e.path().string(), name = e.path().filename().string();
+    std::string sets;
+    if (name.find("-7b") != std::string::npos) {
+      sets = " --set model.llm=" + refs + "llama-7b";
+      const bool vision = vadapt::train::yaml_file_to_json(path)["model"].contains("vision");
+      if (name.rfind("llava", 0) == 0) sets += " --set model.vision=" + refs + "clip-vit-large-patch14-336";
+      else if (vision) sets += " --set model.vision=" + refs + "clip-vit-large-patch14";
+    }
+    auto r = run_cli("inspect --recipe " + path + sets);
+    ASSERT_EQ(r.rc, 0) << name << ": " << r.err;
+    auto j = nlohmann::json::parse(r.out);
+    ASSERT_TRUE(j.is_array() && !j.empty()) << name;
+    for (const auto& stage : j) EXPECT_GT(stage["trainable_parameters"].get<int64_t>(), 0) << name;
+    ++n;
+  }
+  EXPECT_GE(n, 9);
 }

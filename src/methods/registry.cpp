@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "methods/llama_adapter_v1.h"
+#include "methods/llama_adapter_v2.h"
 #include "methods/llava.h"
 
 namespace vadapt::methods {
@@ -14,6 +15,7 @@ const std::vector<std::pair<std::string, std::function<std::unique_ptr<Method>()
   static const std::vector<std::pair<std::string, std::function<std::unique_ptr<Method>()>>> t = {
       {"llava", [] { return std::make_unique<Llava>(); }},
       {"llama_adapter_v1", [] { return std::make_unique<LlamaAdapterV1>(); }},
+      {"llama_adapter_v2", [] { return std::make_unique<LlamaAdapterV2>(); }},
   };
   return t;
 }
