@@ -9,6 +9,7 @@ PACKAGES=(
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libgtest-dev
   libstb-dev libjpeg62-turbo-dev libwebp-dev libpcre2-dev libyaml-cpp-dev libssl-dev
   fonts-dejavu-core
+  libtesseract-dev tesseract-ocr-eng
 )
 
 missing=()

@@ -11,6 +11,7 @@
 #include "data/dataset.h"
 #include "eval/answer_scoring.h"
 #include "eval/caption_metrics.h"
+#include "experts/expert.h"
 #include "generate/generator.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
@@ -39,7 +40,7 @@ std::string first_turn(const data::Sample& s, const std::string& role) {
 // not fit the model's context with max_new_tokens gets no generation: its answer is empty (so it
 // scores as wrong) and it is counted in *too_long.
 std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vector<Query>& qs, int64_t batch,
-                                    int64_t max_new_tokens, int64_t* too_long) {
+                                    int64_t max_new_tokens, int64_t* too_long, experts::Expert* expert) {
   torch::NoGradGuard ng;
   m.train_mode(false);
   generate::GenerateOptions go;
@@ -58,7 +59,7 @@ std::vector<std::string> answer_all(vlm::VisionLanguageModel& m, const std::vect
     for (size_t j = i; j < end; ++j) {
       vlm::Query q{qs[j].id, {}, qs[j].image};
       if (qs[j].sample) q.conv.system = qs[j].sample->conv.system;  // e.g. Alpaca's "paired with an input" line
-      q.conv.turns.push_back({"user", qs[j].question});
+      q.conv.turns.push_back({"user", experts::with_context(expert, qs[j].image, qs[j].question, qs[j].id)});
       auto enc = vlm::encode_query(m, q);
       if (static_cast<int64_t>(enc.ids.size()) + max_new_tokens > context) {
         ++*too_long;
@@ -159,7 +160,7 @@ EvalReport run_eval(vlm::VisionLanguageModel& m, const EvalOptions& o) {
     }
     const int64_t max_new = o.max_new_tokens > 0 ? o.max_new_tokens : o.task == "captions" ? 40 : o.task == "scienceqa" ? 8 : 12;
     int64_t too_long = 0;
-    auto preds = answer_all(m, qs, o.batch_size, max_new, &too_long);
+    auto preds = answer_all(m, qs, o.batch_size, max_new, &too_long, o.expert);
     if (too_long > 0) {
       log_warn(cat(too_long, " of ", qs.size(), " prompts do not fit the model's context of ", m.lm()->config().max_position_embeddings,
                    " positions with ", max_new, " new tokens: no answer generated, scored as wrong"));

@@ -14,6 +14,10 @@
 
 #include "vlm/vision_language_model.h"
 
+namespace vadapt::experts {
+class Expert;
+}
+
 namespace vadapt::eval {
 
 struct EvalOptions {
@@ -28,6 +32,7 @@ struct EvalOptions {
   int64_t max_new_tokens = -1;  // -1: the task's default
   std::string out_dir;          // predictions.jsonl + summary.json when set
   bool skip_bad = false;
+  experts::Expert* expert = nullptr;  // text context before each image question (not owned)
 };
 
 struct EvalReport {

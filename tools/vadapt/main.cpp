@@ -14,6 +14,7 @@
 #include "common/runtime.h"
 #include "data/synth.h"
 #include "eval/eval_runner.h"
+#include "experts/expert.h"
 #include "generate/generator.h"
 #include "io/hf_config.h"
 #include "io/atomic_file.h"
@@ -49,6 +50,7 @@ struct GenerateArgs {
   std::string model, tokenizer, device = "cpu", dtype = "float32";
   std::vector<std::string> prompts;
   std::string adapter, image, lora, vision, template_name;
+  std::string expert = "none", expert_model;
   int64_t max_new_tokens = 128, top_k = 0;
   float temperature = 0.0f, top_p = 1.0f;
   uint64_t seed = 0;
@@ -77,8 +79,11 @@ int run_generate_vlm(const GenerateArgs& a) {
   auto device = parse_device(a.device);
   auto m = vlm::load_vlm_checkpoint(a.adapter, device, {a.model, a.vision, a.template_name});
   if (a.prompts.size() != 1) throw VadaptError("--adapter: give exactly one --prompt");
+  auto expert = experts::make_expert(a.expert, a.expert_model, device);
+  if (expert && a.image.empty()) throw VadaptError("--expert reads the image: give --image");
   vlm::Query q{"--prompt", {}, a.image};
-  q.conv.turns.push_back({"user", (a.image.empty() ? "" : std::string(text::kImageTag) + "\n") + a.prompts[0]});
+  q.conv.turns.push_back({"user", (a.image.empty() ? "" : std::string(text::kImageTag) + "\n") +
+                                      experts::with_context(expert.get(), a.image, a.prompts[0], "--prompt")});
   text::StreamDecoder stream(m->tokenizer());
   auto res = vlm::answer(*m, {vlm::encode_query(*m, q)}, {a.image}, make_options(a, m->tokenizer()), [&](int64_t, int64_t id) {
     std::cout << stream.push(id) << std::flush;
@@ -322,6 +327,7 @@ struct EvalArgs {
   std::string adapter, recipe, stage, device = "cpu";
   std::vector<std::string> overrides;
   std::string baseline;  // an earlier summary.json to compare with
+  std::string expert = "none", expert_model;
   bool no_cache = false;
   methods::FolderOverrides folder;  // with --adapter
 };
@@ -396,7 +402,10 @@ int run_eval(const EvalArgs& a) {
     m = std::make_unique<vlm::VisionLanguageModel>(st->spec, device);
   }
   if (!a.no_cache) m->enable_feature_cache(train::default_feature_cache_dir());
-  auto rep = eval::run_eval(*m, a.opts);
+  auto expert = experts::make_expert(a.expert, a.expert_model, device);
+  auto opts = a.opts;
+  opts.expert = expert.get();
+  auto rep = eval::run_eval(*m, opts);
   if (!a.baseline.empty()) rep.table = compare_table(before, rep.summary);
   log_info(cat("\n", rep.table, "(", rep.summary["n"].get<int64_t>(), " samples, ", static_cast<int64_t>(rep.summary["seconds"].get<double>()), " s)"));
   std::cout << rep.summary.dump(2) << std::endl;
@@ -420,6 +429,9 @@ int main(int argc, char** argv) {
   gen->add_option("--template", ga.template_name, "with --adapter: the chat template in place of the one it names")
       ->check(CLI::IsMember(text::template_names()));
   gen->add_option("--image", ga.image, "image to ask about (with --adapter)");
+  gen->add_option("--expert", ga.expert, "with --adapter: put an expert's text about the image before the prompt (LLaMA-Adapter V2)")
+      ->check(CLI::IsMember({"none", "ocr", "caption"}));
+  gen->add_option("--expert-model", ga.expert_model, "with --expert caption: the caption adapter folder");
   gen->add_option("--lora", ga.lora, "a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) on --model");
   gen->add_option("--tokenizer", ga.tokenizer, "tokenizer folder or file (default: the model folder)");
   gen->add_option("--prompt", ga.prompts, "prompt text (repeat for a batch)")->required();
@@ -499,6 +511,9 @@ int main(int argc, char** argv) {
   ev->add_option("--baseline", va.baseline, "an earlier summary.json: the table shows before / after per type");
   ev->add_flag("--skip-bad", va.opts.skip_bad, "skip malformed records (counted) instead of failing");
   ev->add_flag("--no-feature-cache", va.no_cache, "recompute frozen vision features");
+  ev->add_option("--expert", va.expert, "put an expert's text about each image before its question (LLaMA-Adapter V2)")
+      ->check(CLI::IsMember({"none", "ocr", "caption"}));
+  ev->add_option("--expert-model", va.expert_model, "with --expert caption: the caption adapter folder");
 
   std::string merge_adapter, merge_out, merge_model, merge_lora;
   auto* mg = app.add_subcommand("merge", "fold a LoRA adapter into the LLM and write a Hugging Face folder");
