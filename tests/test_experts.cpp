@@ -41,6 +41,14 @@ TEST(Experts, OcrReadsTheWordOfRenderedWordCards) {
   EXPECT_EQ(read, total);
 }
 
+// A real image with text: ScienceQA test problem 78 is a table of the planets (a rendered
+// figure, not a photo); the expert's context names them.
+TEST(Experts, OcrReadsTheTableOfARealScienceQaImage) {
+  VADAPT_REQUIRE_SHARED();
+  const std::string got = lower(experts::ocr_text(vadapt::test::shared_dir() + "/data/scienceqa/images/test/78/image.png"));
+  for (const char* w : {"planet", "mercury", "jupiter", "neptune", "rock", "gas"}) EXPECT_NE(got.find(w), std::string::npos) << w << " in " << got;
+}
+
 // Tesseract is a document OCR: on COCO photos it does not read scene text (measured: the stop
 // sign of 000000252332 and 000000460229, the clock of 000000551780 give only low-confidence junk
 // such as "3%", "nh", "-"). The expert must then say nothing rather than feed that junk to the LLM.
