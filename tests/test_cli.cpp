@@ -5,6 +5,7 @@
 #include <array>
 #include <filesystem>
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 
 #include "fixtures.h"
@@ -183,6 +184,9 @@ TEST(Cli, LlamaAdapterV1WorksWithEveryCommand) {
 TEST(Cli, EveryShippedRecipeInspects) {
   VADAPT_REQUIRE_SHARED();
   const std::string shared = vadapt::test::shared_dir(), refs = shared + "/reference/configs/";
+  // ${shared} in a recipe defaults to ../shared beside the working directory, which is not
+  // where ctest runs: name it, as a user running from elsewhere would.
+  ::setenv("VADAPT_SHARED_DIR", shared.c_str(), 1);
   int n = 0;
   for (const auto& e : std::filesystem::directory_iterator(std::string(VADAPT_SOURCE_DIR) + "/recipes")) {
     const std::string path = e.path().string(), name = e.path().filename().string();
