@@ -191,8 +191,9 @@ TEST(Cli, EveryShippedRecipeInspects) {
   for (const auto& e : std::filesystem::directory_iterator(std::string(VADAPT_SOURCE_DIR) + "/recipes")) {
     const std::string path = e.path().string(), name = e.path().filename().string();
     std::string sets;
-    if (name.find("-7b") != std::string::npos) {
-      sets = " --set model.llm=" + refs + "llama-7b";
+    const bool b13 = name.find("-13b") != std::string::npos;
+    if (name.find("-7b") != std::string::npos || b13) {
+      sets = " --set model.llm=" + refs + (b13 ? "llama-13b" : "llama-7b");
       const bool vision = vadapt::train::yaml_file_to_json(path)["model"].contains("vision");
       if (name.rfind("llava", 0) == 0) sets += " --set model.vision=" + refs + "clip-vit-large-patch14-336";
       else if (vision) sets += " --set model.vision=" + refs + "clip-vit-large-patch14";
@@ -204,5 +205,5 @@ TEST(Cli, EveryShippedRecipeInspects) {
     for (const auto& stage : j) EXPECT_GT(stage["trainable_parameters"].get<int64_t>(), 0) << name;
     ++n;
   }
-  EXPECT_GE(n, 9);
+  EXPECT_GE(n, 12);
 }

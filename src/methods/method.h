@@ -92,6 +92,9 @@ class Method {
   virtual vision::FeatureSelect feature_select() const = 0;
   // Whether the method reads images at all (false: model.vision may be left out).
   virtual bool needs_vision() const { return true; }
+  // Whether it trains adapters inside the vision tower (LaVIN): the tower then runs with
+  // gradients and its features cannot be cached.
+  virtual bool adapts_vision() const { return false; }
   // Tokens one image occupies in the LLM input sequence (0: images enter through adapters only).
   virtual int64_t image_tokens() const = 0;
   // ids (B, T) with text::kImageToken placeholders; features (M, N, C) of the batch's M images

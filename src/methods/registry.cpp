@@ -6,6 +6,7 @@
 
 #include "common/error.h"
 #include "methods/llama_adapter_v1.h"
+#include "methods/lavin.h"
 #include "methods/llama_adapter_v2.h"
 #include "methods/llava.h"
 
@@ -16,6 +17,7 @@ const std::vector<std::pair<std::string, std::function<std::unique_ptr<Method>()
       {"llava", [] { return std::make_unique<Llava>(); }},
       {"llama_adapter_v1", [] { return std::make_unique<LlamaAdapterV1>(); }},
       {"llama_adapter_v2", [] { return std::make_unique<LlamaAdapterV2>(); }},
+      {"lavin", [] { return std::make_unique<Lavin>(); }},
   };
   return t;
 }

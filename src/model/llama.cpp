@@ -124,6 +124,15 @@ torch::Tensor LlamaForCausalLMImpl::forward_embeds(const torch::Tensor& x, Forwa
     pos = torch::arange(past, past + t, torch::TensorOptions().dtype(torch::kInt64).device(x.device()))
               .unsqueeze(0)
               .expand({b, t});  // (B, T)
+  if (const auto* st = ctx.adapter_state) {
+    const int64_t off = past == 0 ? st->position_offset : st->decode_position_offset;
+    if (off != 0) {
+      pos = pos + off;
+      if (pos.max().item<int64_t>() >= cfg_.max_position_embeddings)
+        throw VadaptError(cat("position ", pos.max().item<int64_t>(), " (the method shifts positions by ", off, ") exceeds max_position_embeddings ",
+                              cfg_.max_position_embeddings, " (", cfg_.source, ")"));
+    }
+  }
   auto [cos, sin] = rope_.tables(pos.to(x.device()), x.scalar_type());            // (B, 1, T, D)
   auto mask = build_attention_mask(b, t, past, ctx.attention_mask, x.scalar_type(), x.device());
   torch::Tensor h = x;

@@ -25,7 +25,13 @@ struct AdapterState {
   torch::Tensor modality;   // (B,) per-sample modality flags for routed adapters
   // State an adapter computes at prefill and reuses at decode ("layer.3.route" -> (B, ...)).
   std::map<std::string, torch::Tensor> kept;
-  bool empty() const { return !condition.defined() && !modality.defined() && kept.empty(); }
+  // Added to the RoPE positions of a forward without past keys (training, prefill) and of one
+  // with past keys (decode steps). LaVIN: 1 and 1, its modality token holds position 0 outside
+  // the sequence; the official decode's positions are reproduced with 1 and 0.
+  int64_t position_offset = 0, decode_position_offset = 0;
+  bool empty() const {
+    return !condition.defined() && !modality.defined() && kept.empty() && position_offset == 0 && decode_position_offset == 0;
+  }
   // Keeps the rows in `index` (B',) of every tensor (beam search; expanding one prompt to n beams).
   void select_rows(const torch::Tensor& index) {
     auto pick = [&](torch::Tensor& t) {

@@ -54,7 +54,7 @@ void check_roles(const Conversation& c, bool gen) {
 
 std::vector<std::string> template_names() {
   return {"plain",         "vicuna_v1", "llava_v1", "v0",  "llama_2", "llava_llama_2", "mistral_instruct",
-          "chatml_direct", "mpt",       "chatml",   "alpaca"};
+          "chatml_direct", "mpt",       "chatml",   "alpaca",   "lavin"};
 }
 
 ChatTemplate ChatTemplate::by_name(const std::string& name) {
@@ -160,6 +160,37 @@ std::vector<Segment> ChatTemplate::segments(const Conversation& c, bool gen) con
     }
     return s;
   }
+  if (name_ == "lavin") {
+    // LaVIN: BOS, the modality prefix "Image: " + the visual tokens, or "Image: N/A" for a
+    // text-only sample (each encoded on its own, as engine.py does), then the example, encoded
+    // as one string: "\n{question}\nResponse: {answer}</s>" (util/base_prompt.py's layout, a
+    // question that ends in a newline keeps just that one).
+    bool image = false;
+    for (size_t i = 0; i < n; i += 2) image = image || c.turns[i].text.find(kImageTag) != std::string::npos;
+    bos();
+    if (image) {
+      text("Image: ");
+      s.push_back({Segment::kImage, "", false});
+    } else {
+      text("Image: N/A");
+    }
+    for (size_t i = 0; i < n; i += 2) {
+      std::string q = c.turns[i].text;
+      for (size_t at; (at = q.find(kImageTag)) != std::string::npos;) {
+        size_t end = at + std::string(kImageTag).size();
+        if (end < q.size() && q[end] == '\n') ++end;
+        q.erase(at, end - at);
+      }
+      if (q.empty() || q.back() != '\n') q += "\n";
+      s.push_back({Segment::kText, (i == 0 ? "\n" : "") + q + "Response:", false, i == 0});
+      if (i + 1 < n) {
+        text(" " + c.turns[i + 1].text, true);
+        eos();
+        if (i + 2 < n) text("\n");
+      }
+    }
+    return s;
+  }
   // alpaca: single instruction / response pairs, repeated for multi-turn data.
   bos();
   text(sys(kAlpacaSystem) + "\n\n");
@@ -238,6 +269,10 @@ EncodedPrompt encode_segments(const Tokenizer& tok, const std::vector<Segment>& 
     const auto& seg = segs[i];
     switch (seg.kind) {
       case Segment::kText:
+        if (seg.call) {
+          flush();
+          call_start = true;
+        }
         if (!seg.text.empty()) {
           trained_from.emplace_back(run.size(), seg.train);
           run += seg.text;

@@ -31,6 +31,7 @@ struct Segment {
   enum Kind { kText, kImage, kEos, kBos } kind = kText;
   std::string text;
   bool train = false;  // contributes to the loss
+  bool call = false;   // kText: starts a tokenizer call of its own (the reference encodes it separately)
 };
 
 struct EncodedPrompt {

@@ -3,8 +3,10 @@
 #include "vlm/vision_language_model.h"
 
 #include <filesystem>
+#include <optional>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "io/atomic_file.h"
 #include "io/hf_config.h"
 #include "io/json_file.h"
@@ -33,9 +35,9 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
     if (pre_.crop != tower_->image_size())
       throw VadaptError(cat("preprocess ", pre_.describe(), " makes ", pre_.crop, " px images; the vision tower expects ",
                             tower_->image_size()));
-    method_->feature_select().validate(tower_->num_layers() + 1);
   }
   method_->build(methods::Frozen{lm_, tower_, device}, spec.seed);
+  if (tower_) method_->feature_select().validate(tower_->num_layers() + 1);
 }
 
 VisionLanguageModel::~VisionLanguageModel() = default;
@@ -46,7 +48,10 @@ vision::VisionTower& VisionLanguageModel::tower() {
 }
 
 torch::Tensor VisionLanguageModel::vision_features(const torch::Tensor& pixels) {
-  torch::NoGradGuard ng;  // the tower is frozen: no graph, no activations kept
+  // A frozen tower runs without a graph; one with trained adapters inside (LaVIN) keeps it
+  // where the caller records gradients (training).
+  std::optional<torch::NoGradGuard> ng;
+  if (!method_->adapts_vision()) ng.emplace();
   auto out = tower().encode(pixels.to(device_));
   return method_->feature_select().select(out).to(torch::kFloat32);  // (M, N, C)
 }
@@ -88,6 +93,10 @@ torch::Tensor VisionLanguageModel::load_pixels(const std::string& path) const {
 
 void VisionLanguageModel::enable_feature_cache(const std::string& dir) {
   if (!tower_) return;  // nothing to cache without a vision tower
+  if (method_->adapts_vision()) {
+    log_info(cat("vision features: not cached (", spec_.method, " trains adapters inside the vision tower; it runs on every batch)"));
+    return;
+  }
   auto cfg = io::read_text_file(io::config_path_of(spec_.vision));
   std::string key = cat(fs::weakly_canonical(spec_.vision).string(), "|", vision::sha256_hex(cfg), "|", pre_.describe(), "|",
                         method_->feature_select().describe(), "|", spec_.dtype);
