@@ -76,3 +76,27 @@ TEST(Experts, ContextGoesBeforeTheQuestionAfterTheImageTag) {
   EXPECT_THROW(experts::make_expert("ocr", "/some/dir"), VadaptError);
   EXPECT_EQ(experts::make_expert("none", ""), nullptr);
 }
+
+// Training with the context the model will see at inference (recipe `data.expert`): every
+// sample with an image gets it before its first question, each image is read once, text-only
+// samples are untouched.
+TEST(Experts, TrainingSamplesGetTheContextOfTheirImageOnce) {
+  class Counting : public experts::Expert {
+   public:
+    int reads = 0;
+    std::string name() const override { return "ocr"; }
+    std::string read(const std::string& image) override { return ++reads, image == "blank.png" ? "" : "WORD"; }
+  } e;
+  std::vector<data::Sample> s(4);
+  const std::string tag = std::string(text::kImageTag) + "\n";
+  for (int i = 0; i < 4; ++i) s[i].conv.turns = {{"user", tag + "Q" + std::to_string(i)}, {"assistant", "A"}};
+  s[0].image = s[1].image = "card.png";
+  s[2].image = "blank.png";
+  s[3].conv.turns[0].text = "Q3";  // text-only
+  experts::add_context(e, s, "training");
+  EXPECT_EQ(e.reads, 2);
+  EXPECT_EQ(s[0].conv.turns[0].text, tag + "Text in the image: \"WORD\"\nQ0");
+  EXPECT_EQ(s[1].conv.turns[0].text, tag + "Text in the image: \"WORD\"\nQ1");
+  EXPECT_EQ(s[2].conv.turns[0].text, tag + "Q2");
+  EXPECT_EQ(s[3].conv.turns[0].text, "Q3");
+}

@@ -4,6 +4,7 @@
 #include <tesseract/baseapi.h>
 
 #include <cctype>
+#include <map>
 #include <mutex>
 
 #include "common/error.h"
@@ -94,15 +95,37 @@ std::unique_ptr<Expert> make_expert(const std::string& kind, const std::string& 
   throw VadaptError(cat("--expert: expected ocr, caption or none, got '", kind, "'"));
 }
 
+namespace {
+// After a leading <image> tag (the tag stays where the data put it), before the question.
+std::string insert_context(const std::string& question, const std::string& ctx) {
+  if (ctx.empty()) return question;
+  const std::string tag = std::string(text::kImageTag) + "\n";
+  if (question.rfind(tag, 0) == 0) return tag + ctx + "\n" + question.substr(tag.size());
+  return ctx + "\n" + question;
+}
+}  // namespace
+
 std::string with_context(Expert* expert, const std::string& image, const std::string& question, const std::string& id) {
   if (!expert || image.empty()) return question;
   const std::string ctx = expert->context(image);
   log_info(cat("expert ", expert->name(), " [", id, "]: ", ctx.empty() ? "(nothing found)" : ctx));
-  if (ctx.empty()) return question;
-  // After a leading <image> tag (the tag stays where the data put it), before the question.
-  const std::string tag = std::string(text::kImageTag) + "\n";
-  if (question.rfind(tag, 0) == 0) return tag + ctx + "\n" + question.substr(tag.size());
-  return ctx + "\n" + question;
+  return insert_context(question, ctx);
+}
+
+void add_context(Expert& expert, std::vector<data::Sample>& samples, const std::string& what) {
+  std::map<std::string, std::string> seen;  // image -> context
+  int64_t with = 0, images = 0;
+  for (auto& s : samples) {
+    if (s.image.empty() || s.conv.turns.empty()) continue;
+    ++images;
+    auto it = seen.find(s.image);
+    if (it == seen.end()) it = seen.emplace(s.image, expert.context(s.image)).first;
+    if (it->second.empty()) continue;
+    s.conv.turns[0].text = insert_context(s.conv.turns[0].text, it->second);
+    ++with;
+  }
+  log_info(cat("expert ", expert.name(), ": context before ", with, " of ", images, " ", what, " questions with an image (",
+               seen.size(), " images read)"));
 }
 
 std::string ocr_text(const std::string& path) {

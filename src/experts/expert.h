@@ -12,6 +12,9 @@
 
 #include <memory>
 #include <string>
+#include <vector>
+
+#include "data/dataset.h"
 
 namespace vadapt::experts {
 
@@ -31,6 +34,11 @@ std::unique_ptr<Expert> make_expert(const std::string& kind, const std::string& 
 // The question with the expert's context for `image` before it (unchanged without an expert,
 // an image, or context). Logs what was added, naming `id`.
 std::string with_context(Expert* expert, const std::string& image, const std::string& question, const std::string& id);
+
+// Puts the expert's context before the first question of every sample with an image (training
+// with the context the model will see at inference; each image is read once). Logs a summary
+// naming `what`.
+void add_context(Expert& expert, std::vector<data::Sample>& samples, const std::string& what);
 
 // Tesseract OCR of an image file: the words recognised with confidence >= 70 (at least two
 // letters or digits each), separated by single spaces; "" when nothing readable is found.

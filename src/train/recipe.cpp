@@ -178,7 +178,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     const nlohmann::json* d = pick(sj, top, "data");
     if (!d) raise(where, "data", "missing section (train, val, format, image_root, limit)");
     methods::check_keys(*d, {"train", "val", "format", "image_root", "limit", "val_limit", "skip_bad", "split_every", "image_placement",
-                                "scienceqa_format"}, where + " data");
+                                "scienceqa_format", "expert", "expert_model"}, where + " data");
     get_into(d, "split_every", st.data.split_every, where + " data");
     // One file or a list (mixed data in one run: e.g. image instructions + text-only Alpaca).
     auto files = [&](const char* key) {
@@ -200,6 +200,12 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     get_into(d, "skip_bad", st.data.skip_bad, where + " data");
     get_into(d, "image_placement", st.data.image_placement, where + " data");
     get_into(d, "scienceqa_format", st.data.scienceqa_format, where + " data");
+    get_into(d, "expert", st.data.expert, where + " data");
+    if (d->contains("expert_model")) st.data.expert_model = expand_vars(io::json_get<std::string>(*d, "expert_model", where + " data"));
+    if (st.data.expert != "none" && st.data.expert != "ocr" && st.data.expert != "caption")
+      raise(where + " data", "expert", "expected none, ocr or caption, got '", st.data.expert, "'");
+    if ((st.data.expert == "caption") != !st.data.expert_model.empty())
+      raise(where + " data", "expert_model", "the caption expert needs expert_model (a caption adapter folder), and only it");
     TrainConfig& t = st.train;
     for (const nlohmann::json* tj : {top.contains("train") ? &top["train"] : nullptr, sj.contains("train") ? &sj["train"] : nullptr}) {
       if (!tj) continue;

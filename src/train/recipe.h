@@ -23,6 +23,9 @@ struct StageData {
   bool skip_bad = false;
   std::string image_placement = "front";  // data::LoadOptions
   std::string scienceqa_format = "CQM-A";
+  // An expert's text about each image put before its question in training and validation
+  // samples, as `--expert` does at inference (experts/expert.h): none | ocr | caption.
+  std::string expert = "none", expert_model;
 };
 
 struct Stage {

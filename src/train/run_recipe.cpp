@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "experts/expert.h"
 #include "io/atomic_file.h"
 
 namespace vadapt::train {
@@ -41,7 +42,9 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
       }
       return all;
     };
+    auto expert = experts::make_expert(st.data.expert, st.data.expert_model, o.device);
     auto train_set = load_all(st.data.train, &rep);
+    if (expert) experts::add_context(*expert, train_set, "training");
     if (rep.skipped) log_warn(cat(rep.skipped, " bad training records skipped"));
     if (st.init_from.empty() && o.resume.empty()) m.method().prepare_training(m, train_set);
     std::vector<data::Sample> val_set;
@@ -49,6 +52,7 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
       lo.limit = st.data.val_limit;
       lo.split = st.data.split_every > 0 ? "val" : "";
       val_set = load_all(st.data.val.empty() ? st.data.train : st.data.val, nullptr);
+      if (expert) experts::add_context(*expert, val_set, "validation");
     }
     TrainConfig cfg = st.train;
     cfg.out_dir = out_dir + "/" + st.name;
