@@ -207,3 +207,54 @@ TEST(Cli, EveryShippedRecipeInspects) {
   }
   EXPECT_GE(n, 12);
 }
+
+// Every command with method: lavin: train (end to end through the vision tower, the feature
+// cache refused with a log line), generate with and without an image, beam search, eval,
+// inspect, import of its own (official-layout) file, and merge refusing with the reason.
+TEST(Cli, LavinWorksWithEveryCommand) {
+  vadapt::test::TinyVlmWorld w;
+  TempDir tmp;
+  nlohmann::json r = {{"method", "lavin"},
+                      {"model", {{"llm", w.llm}, {"vision", w.clip}, {"preprocess", "imagenet32"}}},
+                      {"adapter", {{"dim", 4}, {"temperature", 5}}},
+                      {"visual", {{"tap_every", 1}, {"hidden", 16}}},
+                      {"stages",
+                       {{{"name", "sft"},
+                         {"template", "lavin"},
+                         {"data", {{"train", w.data}, {"format", "llava"}}},
+                         {"train", {{"max_steps", 3}, {"batch_size", 4}, {"blr", 0.5}, {"beta2", 0.95}, {"schedule", "half_cosine"},
+                                    {"warmup_epochs", 0.5}, {"log_every", 1}}}}}}};
+  const std::string recipe = tmp.file("lavin.json");
+  std::FILE* f = std::fopen(recipe.c_str(), "w");
+  std::fputs(r.dump(2).c_str(), f);
+  std::fclose(f);
+  auto t = run_cli("train --recipe " + recipe + " --out " + tmp.file("run"));
+  ASSERT_EQ(t.rc, 0) << t.err;
+  EXPECT_NE(t.err.find("not cached"), std::string::npos) << t.err;
+  auto res = nlohmann::json::parse(t.out);
+  // LLM: 2 layers x router(32, dim 4); vision: 3 blocks x router(32); neck 32 -> 16 -> 32; modality 2 x 32.
+  const int64_t router = 32 * 4 + 4 + 2 * (32 * 2 + 32) + 2 * 32 + 2;
+  EXPECT_EQ(res[0]["trainable_parameters"].get<int64_t>(), 5 * router + (32 * 16 + 16 + 16 * 32 + 32) + 64);
+  const std::string adapter = tmp.file("run/sft");
+  for (const std::string extra : {" --image " + w.dir.file("img0.png") + " --prompt 'What colour?'", std::string(" --prompt 'Say red.'"),
+                                  " --image " + w.dir.file("img0.png") + " --prompt 'What colour?' --num-beams 2"}) {
+    auto g = run_cli("generate --adapter " + adapter + extra + " --max-new-tokens 4");
+    EXPECT_EQ(g.rc, 0) << extra << ": " << g.err;
+  }
+  auto e = run_cli("eval --task exact_match --data " + w.data + " --adapter " + adapter + " --limit 4");
+  EXPECT_EQ(e.rc, 0) << e.err;
+  auto i = run_cli("inspect --recipe " + recipe);
+  ASSERT_EQ(i.rc, 0) << i.err;
+  EXPECT_EQ(nlohmann::json::parse(i.out)[0]["trainable_parameters"].get<int64_t>(), res[0]["trainable_parameters"].get<int64_t>());
+  auto im = run_cli("import --recipe " + recipe + " --weights " + adapter + "/adapter_model.safetensors --out " + tmp.file("imported"));
+  ASSERT_EQ(im.rc, 0) << im.err;
+  auto a = run_cli("generate --adapter " + adapter + " --image " + w.dir.file("img0.png") + " --prompt 'What colour?' --max-new-tokens 4");
+  auto b = run_cli("generate --adapter " + tmp.file("imported") + " --image " + w.dir.file("img0.png") + " --prompt 'What colour?' --max-new-tokens 4");
+  EXPECT_EQ(a.out, b.out);
+  auto m = run_cli("merge --adapter " + adapter + " --out " + tmp.file("merged"));
+  EXPECT_NE(m.rc, 0);
+  EXPECT_NE(m.err.find("cannot be folded"), std::string::npos) << m.err;
+  auto bad = run_cli("train --recipe " + recipe + " --out " + tmp.file("x") + " --set compat.vision_routing=first");
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.err.find("vision_routing"), std::string::npos) << bad.err;
+}

@@ -1,6 +1,8 @@
 // Trainer loop, optimizer groups, logging and checkpoints.
 #include "train/trainer.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
@@ -487,6 +489,8 @@ TrainResult Trainer::fit() {
   }
   res.steps = step;
   res.seconds = total_sw.seconds();
+  rusage ru{};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) res.peak_rss_mb = static_cast<double>(ru.ru_maxrss) / 1024.0;  // Linux: KiB
   if (auto* c = m_.feature_cache()) info(cat("feature cache: ", c->hits(), " hits, ", c->misses(), " misses"));
   m_.train_mode(false);
   return res;

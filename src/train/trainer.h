@@ -66,6 +66,7 @@ struct TrainResult {
   double val_loss_before = -1, val_loss_after = -1;
   double seconds = 0;
   int64_t trainable = 0, total = 0;
+  double peak_rss_mb = 0;  // the process's peak resident memory so far (getrusage), CPU side
 };
 
 class Trainer {

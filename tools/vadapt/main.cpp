@@ -161,11 +161,13 @@ int run_train(const TrainArgs& a) {
   Stopwatch sw;
   auto results = train::run_recipe(recipe, a.out, ro);
   if (rank != 0) return 0;  // stdout carries one result
-  std::string table = "\n| stage | steps | trainable params | val loss before | val loss after | seconds |\n|---|---|---|---|---|---|\n";
+  std::string table =
+      "\n| stage | steps | trainable params | val loss before | val loss after | seconds | peak RSS MB |\n|---|---|---|---|---|---|---|\n";
   for (const auto& r : results) {
     char line[256];
-    std::snprintf(line, sizeof line, "| %s | %ld | %ld | %.3f | %.3f | %.0f |\n", r.name.c_str(), static_cast<long>(r.result.steps),
-                  static_cast<long>(r.result.trainable), r.result.val_loss_before, r.result.val_loss_after, r.result.seconds);
+    std::snprintf(line, sizeof line, "| %s | %ld | %ld | %.3f | %.3f | %.0f | %.0f |\n", r.name.c_str(), static_cast<long>(r.result.steps),
+                  static_cast<long>(r.result.trainable), r.result.val_loss_before, r.result.val_loss_after, r.result.seconds,
+                  r.result.peak_rss_mb);
     table += line;
   }
   log_info(table + cat("wall time: ", static_cast<int64_t>(sw.seconds()), " s"));
@@ -174,7 +176,7 @@ int run_train(const TrainArgs& a) {
     j.push_back({{"stage", r.name}, {"adapter", r.out_dir}, {"steps", r.result.steps}, {"last_loss", r.result.last_loss},
                  {"val_loss_before", r.result.val_loss_before}, {"val_loss_after", r.result.val_loss_after},
                  {"trainable_parameters", r.result.trainable}, {"total_parameters", r.result.total},
-                 {"seconds", r.result.seconds}});
+                 {"seconds", r.result.seconds}, {"peak_rss_mb", r.result.peak_rss_mb}});
   std::cout << j.dump(2) << std::endl;
   return 0;
 }
