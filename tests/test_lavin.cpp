@@ -280,3 +280,26 @@ TEST(Lavin, RecipeSectionIsValidated) {
                    nlohmann::json{{"prompts", 1}}})
     EXPECT_THROW(m.parse_recipe(bad, "r"), VadaptError) << bad.dump();
 }
+
+// LaVIN's ScienceQA prompt: problems.json in the QCM-ALE format through the `lavin` template.
+TEST(Lavin, ScienceQaQcmAlePromptThroughTheTemplate) {
+  VADAPT_REQUIRE_SHARED();
+  data::LoadOptions lo;
+  lo.scienceqa_format = "QCM-ALE";
+  auto samples = data::load_dataset(vadapt::test::shared_dir() + "/data/scienceqa/problems.json", lo);
+  ASSERT_FALSE(samples.empty());
+  auto t = text::ChatTemplate::by_name("lavin");
+  int images = 0, texts = 0;
+  for (const auto& s : samples) {
+    const std::string r = t.render(s.conv, false);
+    const std::string head = s.image.empty() ? "<s>Image: N/A\nQuestion: " : "<s>Image: <image>\nQuestion: ";
+    EXPECT_EQ(r.rfind(head, 0), 0u) << r;
+    EXPECT_NE(r.find("\nContext: "), std::string::npos) << r;
+    EXPECT_NE(r.find("\nOptions: (A) "), std::string::npos) << r;
+    EXPECT_NE(r.find("\nResponse: The answer is "), std::string::npos) << r;
+    EXPECT_EQ(r.substr(r.size() - 4), "</s>");
+    (s.image.empty() ? texts : images) += 1;
+  }
+  EXPECT_GT(images, 0);
+  EXPECT_GT(texts, 0);
+}
