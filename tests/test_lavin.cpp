@@ -303,3 +303,25 @@ TEST(Lavin, ScienceQaQcmAlePromptThroughTheTemplate) {
   EXPECT_GT(images, 0);
   EXPECT_GT(texts, 0);
 }
+
+// The LLM-only variant (vision tower frozen): no vision routers, the feature cache works, and the
+// count from configs leaves the vision adapters out.
+TEST(Lavin, LlmOnlyVariantKeepsTheFeatureCache) {
+  World w;
+  vlm::VisionLanguageModel m(lavin_spec(w, "per_image", "recompute", "attn", "none"));
+  EXPECT_FALSE(m.method().adapts_vision());
+  TempDir cache;
+  m.enable_feature_cache(cache.path());
+  EXPECT_NE(m.feature_cache(), nullptr);
+  for (const auto& [k, t] : m.trainable_state()) EXPECT_EQ(k.find("backbone.visual"), std::string::npos) << k;
+  auto samples = mixed_samples(w);
+  auto b = batch_of(m, samples, {0, 9});
+  EXPECT_TRUE(b.features.defined());  // cached frozen features instead of pixels
+  EXPECT_GT(m.loss(b).loss.item<double>(), 0);
+  auto spec = lavin_spec(w, "per_image", "recompute", "attn", "none");
+  auto c = vlm::VisionLanguageModel::count_from_configs(spec);
+  EXPECT_EQ(c["vision_adapter_parameters"].get<int64_t>(), 0);
+  int64_t n = 0;
+  for (const auto& [k, t] : m.trainable_state()) n += t.numel();
+  EXPECT_EQ(c["trainable_parameters"].get<int64_t>(), n);
+}
