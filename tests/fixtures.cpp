@@ -140,6 +140,36 @@ void write_tiny_tokenizer(const std::string& dir, int64_t vocab_size) {
   io::write_text_atomic(dir + "/tokenizer_config.json", cfg.dump(1));
 }
 
+std::vector<data::Sample> mixed_samples(const TinyVlmWorld& w) {
+  auto samples = data::load_dataset(w.data, {});
+  for (const char* c : {"red", "green", "blue", "white"}) {
+    data::Sample t;
+    t.id = std::string("text-") + c;
+    t.conv.turns = {{"user", std::string("Say ") + c + "."}, {"assistant", c}};
+    samples.push_back(t);
+  }
+  return samples;
+}
+
+vlm::Batch batch_of(vlm::VisionLanguageModel& m, const std::vector<data::Sample>& s, const std::vector<size_t>& idx) {
+  std::vector<text::EncodedPrompt> prompts;
+  std::vector<std::string> images;
+  for (auto i : idx) {
+    prompts.push_back(text::encode_segments(m.tokenizer(), m.chat_template().segments(s[i].conv, false), m.image_tokens()));
+    images.push_back(s[i].image);
+  }
+  return m.collate(prompts, images);
+}
+
+torch::Tensor logits_of(vlm::VisionLanguageModel& m, const vlm::Batch& b) {
+  torch::NoGradGuard ng;
+  auto in = m.prepare(b);
+  model::ForwardContext ctx;
+  if (!in.state.empty()) ctx.adapter_state = &in.state;
+  if (b.mask.defined() && b.mask.min().item<int64_t>() == 0) ctx.attention_mask = b.mask;
+  return m.lm()->logits(m.lm()->forward_embeds(in.embeds, ctx));
+}
+
 std::string shared_dir() {
   if (const char* env = std::getenv("VADAPT_SHARED_DIR")) return fs::exists(env) ? env : "";
   fs::path p = fs::path(VADAPT_SOURCE_DIR) / ".." / "shared";

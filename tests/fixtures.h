@@ -8,7 +8,9 @@
 
 #include <string>
 
+#include "data/dataset.h"
 #include "io/hf_config.h"
+#include "vlm/vision_language_model.h"
 #include "vlm/vlm_spec.h"
 
 namespace vadapt::test {
@@ -42,6 +44,13 @@ struct TinyVlmWorld {
   // LLaVA spec over the fixtures: mlp2x_gelu, clip32 preprocessing, vicuna_v1, LoRA r 4 alpha 8.
   vlm::VlmSpec spec(const std::string& tune) const;
 };
+
+// The world's image questions followed by 4 text-only samples ("Say red." -> "red", ...).
+std::vector<data::Sample> mixed_samples(const TinyVlmWorld& w);
+// Samples `idx` through the model's template as one right-padded training batch.
+vlm::Batch batch_of(vlm::VisionLanguageModel& m, const std::vector<data::Sample>& s, const std::vector<size_t>& idx);
+// Logits of a batch through the method's inputs (adapter state, key mask when padded), no grad.
+torch::Tensor logits_of(vlm::VisionLanguageModel& m, const vlm::Batch& b);
 
 // Path of ../shared (from VADAPT_SHARED_DIR, or found next to the source tree); empty if absent.
 std::string shared_dir();

@@ -21,6 +21,9 @@
 
 using namespace vadapt;
 using vadapt::test::TempDir;
+using vadapt::test::logits_of;
+using vadapt::test::batch_of;
+using vadapt::test::mixed_samples;
 using vadapt::test::tensors_close;
 using vadapt::test::tensors_equal;
 
@@ -53,36 +56,6 @@ void randomize(vlm::VisionLanguageModel& m, uint64_t seed, bool keep_gates_zero 
     else
       t.copy_((gate ? 0.8 : 0.2) * torch::randn_like(t));
   }
-}
-
-torch::Tensor logits_of(vlm::VisionLanguageModel& m, const vlm::Batch& b) {
-  torch::NoGradGuard ng;
-  auto in = m.prepare(b);
-  model::ForwardContext ctx;
-  if (!in.state.empty()) ctx.adapter_state = &in.state;
-  if (b.mask.defined() && b.mask.min().item<int64_t>() == 0) ctx.attention_mask = b.mask;
-  return m.lm()->logits(m.lm()->forward_embeds(in.embeds, ctx));
-}
-
-vlm::Batch batch_of(vlm::VisionLanguageModel& m, const std::vector<data::Sample>& s, std::vector<size_t> idx) {
-  std::vector<text::EncodedPrompt> prompts;
-  std::vector<std::string> images;
-  for (auto i : idx) {
-    prompts.push_back(text::encode_segments(m.tokenizer(), m.chat_template().segments(s[i].conv, false), m.image_tokens()));
-    images.push_back(s[i].image);
-  }
-  return m.collate(prompts, images);
-}
-
-std::vector<data::Sample> mixed_samples(const World& w) {
-  auto samples = data::load_dataset(w.data, {});
-  for (const char* c : {"red", "green", "blue", "white"}) {
-    data::Sample t;
-    t.id = std::string("text-") + c;
-    t.conv.turns = {{"user", std::string("Say ") + c + "."}, {"assistant", c}};
-    samples.push_back(t);
-  }
-  return samples;
 }
 
 std::map<std::string, torch::Tensor> snapshot(vlm::VisionLanguageModel& m) {

@@ -22,6 +22,8 @@
 
 using namespace vadapt;
 using vadapt::test::TempDir;
+using vadapt::test::logits_of;
+using vadapt::test::batch_of;
 using vadapt::test::tensors_close;
 using vadapt::test::tensors_equal;
 
@@ -46,25 +48,6 @@ void randomize_gates(vlm::VisionLanguageModel& m, uint64_t seed) {
   torch::manual_seed(seed);
   auto& p = v1(m).prefix();
   for (int64_t l = p->first_layer(); l < m.lm()->config().num_hidden_layers; ++l) p->gate(l).normal_(0, 0.8);
-}
-
-torch::Tensor logits_of(vlm::VisionLanguageModel& m, const vlm::Batch& b) {
-  torch::NoGradGuard ng;
-  auto in = m.prepare(b);
-  model::ForwardContext ctx;
-  if (!in.state.empty()) ctx.adapter_state = &in.state;
-  if (b.mask.defined() && b.mask.min().item<int64_t>() == 0) ctx.attention_mask = b.mask;
-  return m.lm()->logits(m.lm()->forward_embeds(in.embeds, ctx));
-}
-
-vlm::Batch batch_of(vlm::VisionLanguageModel& m, const std::vector<data::Sample>& s, std::vector<size_t> idx) {
-  std::vector<text::EncodedPrompt> prompts;
-  std::vector<std::string> images;
-  for (auto i : idx) {
-    prompts.push_back(text::encode_segments(m.tokenizer(), m.chat_template().segments(s[i].conv, false), m.image_tokens()));
-    images.push_back(s[i].image);
-  }
-  return m.collate(prompts, images);
 }
 
 }  // namespace
