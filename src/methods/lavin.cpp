@@ -92,7 +92,7 @@ std::string Lavin::describe() const {
   else s += cat(" and in every vision block (", o_.vision_adapter, ", routed ", o_.vision_routing == "official" ? "by the batch's first image (official)"
                                                      : o_.vision_routing == "per_token" ? "token by token"
                                                                                         : "by each image's CLS", ")");
-  s += cat(" | CLS after every ", o_.tap_every, "th vision block -> MLP (hidden ", o_.hidden_proj, ") | modality token");
+  s += cat(" | CLS after every ", o_.tap_every, " vision block(s) -> MLP (hidden ", o_.hidden_proj, ") | modality token");
   if (o_.decode_positions == "official") s += " | official decode positions";
   return s;
 }
