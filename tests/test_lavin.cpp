@@ -200,6 +200,15 @@ TEST(Lavin, GradientsReachTheVisionAdaptersAndNothingFrozen) {
     if (k.find("conv_B") != std::string::npos || k.find("backbone.visual") == 0) EXPECT_GT(t.grad().abs().sum().item<double>(), 0) << k;
   }
   for (const auto& p : m.lm()->named_parameters()) EXPECT_FALSE(p.value().grad().defined()) << p.key();
+  auto* tower = dynamic_cast<torch::nn::Module*>(&m.tower());
+  ASSERT_NE(tower, nullptr);
+  int64_t frozen = 0;
+  for (const auto& p : tower->named_parameters()) {
+    if (p.key().find("adapter") != std::string::npos) continue;  // (the routers are not registered in the tower)
+    EXPECT_FALSE(p.value().grad().defined()) << p.key();
+    ++frozen;
+  }
+  EXPECT_GT(frozen, 0);
   for (auto& [k, t] : m.trainable_state()) (void)k, t.mutable_grad() = torch::Tensor();
 }
 
@@ -298,4 +307,21 @@ TEST(Lavin, LlmOnlyVariantKeepsTheFeatureCache) {
   int64_t n = 0;
   for (const auto& [k, t] : m.trainable_state()) n += t.numel();
   EXPECT_EQ(c["trainable_parameters"].get<int64_t>(), n);
+}
+
+// A bf16 frozen model without autocast: the fp32 adapters run in their own dtype.
+TEST(Lavin, Bf16FrozenModelsRunWithFp32Adapters) {
+  World w;
+  auto spec = lavin_spec(w);
+  spec.dtype = "bfloat16";
+  vlm::VisionLanguageModel m(spec);
+  randomize(m, 9);
+  auto samples = mixed_samples(w);
+  auto b = batch_of(m, samples, {0, 9});
+  auto logits = logits_of(m, b);
+  EXPECT_EQ(logits.scalar_type(), torch::kBFloat16);
+  EXPECT_TRUE(torch::isfinite(logits).all().item<bool>());
+  auto r = m.loss(b);
+  r.loss.backward();
+  for (auto& [k, t] : m.trainable_state()) EXPECT_TRUE(t.grad().defined()) << k;
 }

@@ -33,16 +33,18 @@ RouterAdapterImpl::RouterAdapterImpl(int64_t dim, const RouterOptions& o, at::Ge
   expert_weights = register_module("expert_weights", connectors::trainable_linear(dim, 2, "default", gen));
 }
 
+// The adapter computes in its own dtype (fp32 trainables) whatever the frozen model's (bf16 / fp16
+// weights without autocast); the residual stays in the model's.
 torch::Tensor RouterAdapterImpl::route(const torch::Tensor& r) {
-  return torch::softmax(expert_weights(r) / o_.temperature, -1);  // (..., 2)
+  return torch::softmax(expert_weights(r.to(expert_weights->weight.scalar_type())) / o_.temperature, -1);  // (..., 2)
 }
 
 torch::Tensor RouterAdapterImpl::forward(const torch::Tensor& x, const torch::Tensor& w) {
-  auto a = conv_A(x);                                                      // (B, S, hidden)
+  auto a = conv_A(x.to(conv_A->weight.scalar_type()));                    // (B, S, hidden)
   if (is_training() && o_.dropout > 0) a = torch::dropout(a, o_.dropout, true);
-  auto wt = w.to(x.scalar_type());
+  auto wt = w.to(a.scalar_type());
   auto mix = wt.select(-1, 0).unsqueeze(-1) * conv_B(a) + wt.select(-1, 1).unsqueeze(-1) * conv_D(a);  // (B, S, dim)
-  return x + o_.scale * mix;
+  return x + (o_.scale * mix).to(x.scalar_type());
 }
 
 RouterSetImpl::RouterSetImpl(int64_t dim, int64_t blocks, bool before_mlp, const RouterOptions& o, Routing routing, std::string key,
