@@ -127,10 +127,12 @@ torch::Tensor LlamaForCausalLMImpl::forward_embeds(const torch::Tensor& x, Forwa
   if (const auto* st = ctx.adapter_state) {
     const int64_t off = past == 0 ? st->position_offset : st->decode_position_offset;
     if (off != 0) {
-      pos = pos + off;
-      if (pos.max().item<int64_t>() >= cfg_.max_position_embeddings)
-        throw VadaptError(cat("position ", pos.max().item<int64_t>(), " (the method shifts positions by ", off, ") exceeds max_position_embeddings ",
+      // Positions never exceed past + t - 1 (left-padded rows count fewer), so the bound needs
+      // no look at the tensor (no device sync on every decode step).
+      if (past + t + off > cfg_.max_position_embeddings)
+        throw VadaptError(cat("sequence of ", past + t, " tokens shifted by ", off, " positions (the method's) exceeds max_position_embeddings ",
                               cfg_.max_position_embeddings, " (", cfg_.source, ")"));
+      pos = pos + off;
     }
   }
   auto [cos, sin] = rope_.tables(pos.to(x.device()), x.scalar_type());            // (B, 1, T, D)
