@@ -113,7 +113,7 @@ TEST(Templates, IdsAreTheWholeStringTokenisedForTokenizerJson) {
     SCOPED_TRACE(name);
     text::Conversation c;
     c.turns = {{"user", "<image>\nin the"}, {"assistant", "the in"}};
-    if (name != "plain") c.turns.insert(c.turns.end(), {{"user", "the"}, {"assistant", "in"}});
+    if (name != "plain" && name != "palm2_caption") c.turns.insert(c.turns.end(), {{"user", "the"}, {"assistant", "in"}});
     const auto tmpl = text::ChatTemplate::by_name(name);
     auto e = text::encode_segments(*tok, tmpl.segments(c, false), 2);
     std::string s = tmpl.render(c, false);

@@ -51,4 +51,30 @@ class PerceiverResamplerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(PerceiverResampler);
 
+// CoCa's attentional pooler (Yu et al. 2022; PaLM2-VAdapter stage 1 attaches the tiny LM to the
+// vision encoder through one): N learned queries, one multi-head cross-attention to the
+// features, no residual and no FFN,
+//   out = LN_post(MHA(q = LN_q(Q), k = v = LN_k(x)))     (q/k/v/o with bias, k/v read width `in`)
+// Frames of a multi-image sample are attended together (no time embedding). Queries N(0, 0.02),
+// linears nn.Linear's default, LayerNorms (1, 0); seeded.
+struct PoolerOptions {
+  int64_t in = 768, width = 768, queries = 256, heads = 12;
+  double eps = 1e-5;
+  void validate(const std::string& where) const;
+};
+
+class AttentionalPoolerImpl : public torch::nn::Module {
+ public:
+  AttentionalPoolerImpl(const PoolerOptions& o, uint64_t seed);
+  // (B, S, in) or (B, F, S, in) -> (B, queries, width).
+  torch::Tensor forward(const torch::Tensor& features);
+  const PoolerOptions& options() const { return o_; }
+  static int64_t parameter_count(const PoolerOptions& o);
+
+ private:
+  PoolerOptions o_;
+  torch::Tensor queries_, nq_w_, nq_b_, nk_w_, nk_b_, wq_, bq_, wk_, bk_, wv_, bv_, wo_, bo_, post_w_, post_b_;
+};
+TORCH_MODULE(AttentionalPooler);
+
 }  // namespace vadapt::connectors

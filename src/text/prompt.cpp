@@ -54,7 +54,7 @@ void check_roles(const Conversation& c, bool gen) {
 
 std::vector<std::string> template_names() {
   return {"plain",         "vicuna_v1", "llava_v1", "v0",  "llama_2", "llava_llama_2", "mistral_instruct",
-          "chatml_direct", "mpt",       "chatml",   "alpaca",   "lavin"};
+          "chatml_direct", "mpt",       "chatml",   "alpaca",   "lavin",         "palm2_caption", "palm2_vqa"};
 }
 
 ChatTemplate ChatTemplate::by_name(const std::string& name) {
@@ -187,6 +187,46 @@ std::vector<Segment> ChatTemplate::segments(const Conversation& c, bool gen) con
         text(" " + c.turns[i + 1].text, true);
         eos();
         if (i + 2 < n) text("\n");
+      }
+    }
+    return s;
+  }
+  if (name_ == "palm2_caption" || name_ == "palm2_vqa") {
+    // PaLM2-VAdapter's prompts (arXiv 2402.10896, Table 11): captioning "Describe the following:
+    // <visual tokens> :" (the user's words are not used, one exchange, as `plain`); VQA "Answer
+    // the question given the images. Given <visual tokens>. Question: <q>? Answer:" (turns
+    // repeat "Question: .. Answer: .."; a text-only sample leaves out the "Given" sentence).
+    // Answers follow after a space and end with EOS (greedy decoding stops there).
+    bos();
+    if (name_ == "palm2_caption") {
+      if (n > 2) throw VadaptError(cat("template 'palm2_caption' takes one user turn and one caption, got ", n, " turns"));
+      text("Describe the following: ");
+      if (c.turns[0].text.find(kImageTag) != std::string::npos) s.push_back({Segment::kImage, "", false});
+      text(" :");
+      if (n > 1) {
+        text(" " + c.turns[1].text, true);
+        eos();
+      }
+      return s;
+    }
+    bool image = false;
+    for (size_t i = 0; i < n; i += 2) image = image || c.turns[i].text.find(kImageTag) != std::string::npos;
+    text("Answer the question given the images.");
+    if (image) {
+      text(" Given ");
+      s.push_back({Segment::kImage, "", false});
+      text(".");
+    }
+    for (size_t i = 0; i < n; i += 2) {
+      std::string q = c.turns[i].text;
+      for (size_t at; (at = q.find(kImageTag)) != std::string::npos;) q.erase(at, std::string(kImageTag).size());
+      const auto b = q.find_first_not_of(" \n\t"), e = q.find_last_not_of(" \n\t");
+      q = b == std::string::npos ? "" : q.substr(b, e - b + 1);
+      if (q.empty() || q.back() != '?') q += "?";
+      text(" Question: " + q + " Answer:");
+      if (i + 1 < n) {
+        text(" " + c.turns[i + 1].text, true);
+        eos();
       }
     }
     return s;

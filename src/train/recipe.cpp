@@ -12,6 +12,7 @@
 
 #include "common/error.h"
 #include "io/json_file.h"
+#include "io/path_vars.h"
 
 namespace vadapt::train {
 namespace {
@@ -100,26 +101,6 @@ std::string default_feature_cache_dir() {
   if (const char* x = std::getenv("XDG_CACHE_HOME")) return std::string(x) + "/vadapt/features";
   if (const char* h = std::getenv("HOME")) return std::string(h) + "/.cache/vadapt/features";
   return ".vadapt-cache/features";
-}
-
-std::string expand_vars(const std::string& s) {
-  std::string out = s;
-  for (size_t at = out.find("${"); at != std::string::npos; at = out.find("${", at)) {
-    size_t end = out.find('}', at);
-    if (end == std::string::npos) raise(s, "", "unterminated ${ in a recipe path");
-    std::string name = out.substr(at + 2, end - at - 2), env_name = "VADAPT_";
-    for (char c : name) env_name += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    env_name += "_DIR";
-    const char* env = std::getenv(env_name.c_str());
-    std::string value;
-    if (env) value = env;
-    else if (name == "shared") value = (std::filesystem::current_path() / ".." / "shared").lexically_normal().string();
-    else if (name == "synth") value = "runs/synth-data";
-    else raise(s, "", "unknown variable ${", name, "} (set ", env_name, ")");
-    out = out.substr(0, at) + value + out.substr(end + 1);
-    at += value.size();
-  }
-  return out;
 }
 
 nlohmann::json yaml_file_to_json(const std::string& path) {

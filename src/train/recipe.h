@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "data/dataset.h"
+#include "io/path_vars.h"
 #include "train/trainer.h"
 #include "vlm/vlm_spec.h"
 
@@ -50,6 +51,6 @@ struct Recipe {
 // Reads YAML (or JSON) from `path` and applies "key.path=value" overrides.
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides);
 nlohmann::json yaml_file_to_json(const std::string& path);
-std::string expand_vars(const std::string& s);
+using io::expand_vars;
 
 }  // namespace vadapt::train
