@@ -4,6 +4,7 @@
 
 #include <array>
 #include <filesystem>
+#include <fstream>
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
@@ -187,6 +188,7 @@ TEST(Cli, EveryShippedRecipeInspects) {
   // ${shared} in a recipe defaults to ../shared beside the working directory, which is not
   // where ctest runs: name it, as a user running from elsewhere would.
   ::setenv("VADAPT_SHARED_DIR", shared.c_str(), 1);
+  TempDir tmp;
   int n = 0;
   for (const auto& e : std::filesystem::directory_iterator(std::string(VADAPT_SOURCE_DIR) + "/recipes")) {
     const std::string path = e.path().string(), name = e.path().filename().string();
@@ -197,6 +199,21 @@ TEST(Cli, EveryShippedRecipeInspects) {
       const bool vision = vadapt::train::yaml_file_to_json(path)["model"].contains("vision");
       if (name.rfind("llava", 0) == 0) sets += " --set model.vision=" + refs + "clip-vit-large-patch14-336";
       else if (vision) sets += " --set model.vision=" + refs + "clip-vit-large-patch14";
+      // A stage with its own models (PaLM2-VAdapter's stage 1 decodes with the tiny LM): the
+      // tiny LM's config as the recipe gives it inline, in a folder of its own.
+      const auto raw = vadapt::train::yaml_file_to_json(path);
+      for (size_t i = 0; i < raw["stages"].size(); ++i) {
+        if (!raw["stages"][i].contains("model")) continue;
+        nlohmann::json cfg;
+        for (const auto& st : raw["stages"])
+          if (st.contains("tiny_lm") && st["tiny_lm"].contains("config")) cfg = st["tiny_lm"]["config"];
+        ASSERT_FALSE(cfg.is_null()) << name << ": stage " << i << " has its own model and no config to inspect it from";
+        const std::string dir = tmp.file("stage" + std::to_string(i) + "-" + name);
+        std::filesystem::create_directories(dir);
+        std::ofstream(dir + "/config.json") << cfg.dump();
+        sets += " --set stages." + std::to_string(i) + ".model.llm=" + dir + " --set stages." + std::to_string(i) + ".model.vision=" + refs +
+                "clip-vit-large-patch14";
+      }
     }
     auto r = run_cli("inspect --recipe " + path + sets);
     ASSERT_EQ(r.rc, 0) << name << ": " << r.err;
@@ -257,4 +274,58 @@ TEST(Cli, LavinWorksWithEveryCommand) {
   auto bad = run_cli("train --recipe " + recipe + " --out " + tmp.file("x") + " --set compat.vision_routing=first");
   EXPECT_NE(bad.rc, 0);
   EXPECT_NE(bad.err.find("vision_routing"), std::string::npos) << bad.err;
+}
+
+// Every command with method: palm2_vadapter, progressive: stage 1 trains the tiny LM as a
+// captioning decoder (model.llm of that stage), stage 2 takes it (init_from) as the adapter in
+// front of the frozen LLM; generate (one image, two frames, beam search), eval, inspect, merge
+// refusing, and a one-image method refusing --frame.
+TEST(Cli, Palm2VAdapterProgressiveWithEveryCommand) {
+  vadapt::test::TinyVlmWorld w;
+  TempDir tmp;
+  auto c = vadapt::test::tiny_llama_config();
+  c.hidden_size = 24, c.intermediate_size = 40, c.num_hidden_layers = 3, c.num_attention_heads = 3, c.num_key_value_heads = 3;
+  const std::string tiny = tmp.file("tiny");
+  vadapt::test::write_tiny_llama(tiny, c, 11);
+  const nlohmann::json train = {{"max_steps", 3}, {"batch_size", 4}, {"lr", 3e-3}, {"schedule", "linear"}, {"log_every", 1}};
+  nlohmann::json r = {{"method", "palm2_vadapter"},
+                      {"model", {{"llm", w.llm}, {"vision", w.clip}, {"preprocess", "clip32"}}},
+                      {"resampler", {{"queries", 3}, {"heads", 2}}},
+                      {"data", {{"train", w.data}, {"format", "llava"}}},
+                      {"stages",
+                       {{{"name", "stage1"}, {"role", "decoder"}, {"template", "palm2_vqa"},
+                         {"model", {{"llm", tiny}, {"vision", w.clip}, {"preprocess", "clip32"}}}, {"train", train}},
+                        {{"name", "stage2"}, {"tiny_lm", {{"path", tiny}}}, {"template", "palm2_vqa"}, {"init_from", "stage1"},
+                         {"train", train}}}}};
+  const std::string recipe = tmp.file("palm2.json");
+  std::ofstream(recipe) << r.dump(2);
+  auto t = run_cli("train --recipe " + recipe + " --out " + tmp.file("run"));
+  ASSERT_EQ(t.rc, 0) << t.err;
+  EXPECT_NE(t.err.find("carried fc_in (2), tiny_lm (28); fresh: fc_out, resampler"), std::string::npos) << t.err;
+  auto res = nlohmann::json::parse(t.out);
+  auto i = run_cli("inspect --recipe " + recipe);
+  ASSERT_EQ(i.rc, 0) << i.err;
+  for (int s = 0; s < 2; ++s)
+    EXPECT_EQ(nlohmann::json::parse(i.out)[s]["trainable_parameters"].get<int64_t>(), res[s]["trainable_parameters"].get<int64_t>()) << s;
+  const std::string adapter = tmp.file("run/stage2"), img = " --image " + w.dir.file("img0.png");
+  for (const std::string extra : {img, img + " --frame " + w.dir.file("img1.png") + " --frame " + w.dir.file("img2.png"), img + " --num-beams 2",
+                                  std::string("")}) {
+    auto g = run_cli("generate --adapter " + adapter + extra + " --prompt 'What colour?' --max-new-tokens 4");
+    EXPECT_EQ(g.rc, 0) << extra << ": " << g.err;
+  }
+  auto g1 = run_cli("generate --adapter " + tmp.file("run/stage1") + img + " --prompt 'What colour?' --max-new-tokens 4");
+  EXPECT_EQ(g1.rc, 0) << "the stage-1 captioner answers too: " << g1.err;
+  auto e = run_cli("eval --task exact_match --data " + w.data + " --adapter " + adapter + " --limit 4");
+  EXPECT_EQ(e.rc, 0) << e.err;
+  auto m = run_cli("merge --adapter " + adapter + " --out " + tmp.file("merged"));
+  EXPECT_NE(m.rc, 0);
+  EXPECT_NE(m.err.find("cannot be folded"), std::string::npos) << m.err;
+  // LLaVA reads one image per prompt.
+  nlohmann::json lr = {{"method", "llava"}, {"model", {{"llm", w.llm}, {"vision", w.clip}, {"preprocess", "clip32"}}},
+                       {"stages", {{{"name", "s"}, {"tune", "projector"}, {"data", {{"train", w.data}, {"format", "llava"}}}, {"train", train}}}}};
+  std::ofstream(tmp.file("llava.json")) << lr.dump();
+  ASSERT_EQ(run_cli("train --recipe " + tmp.file("llava.json") + " --out " + tmp.file("lrun")).rc, 0);
+  auto f = run_cli("generate --adapter " + tmp.file("lrun/s") + img + " --frame " + w.dir.file("img1.png") + " --prompt 'What colour?'");
+  EXPECT_NE(f.rc, 0);
+  EXPECT_NE(f.err.find("reads one image per prompt"), std::string::npos) << f.err;
 }

@@ -60,6 +60,20 @@ std::string replace_all(std::string t, const std::string& from, const std::strin
 // base_prompt.py: text.replace("  ", " ").strip() (one pass, as Python's replace).
 std::string single_spaced(const std::string& t) { return strip(replace_all(t, "  ", " ")); }
 
+// "image": a path, or a list of paths (a multi-image sample / the frames of a video): the first
+// is the sample's image, the rest its frames.
+void read_images(const nlohmann::json& v, const std::string& file, int64_t index, const std::string& root, Sample& s) {
+  if (v.is_string()) {
+    s.image = resolve(root, v.get<std::string>());
+    return;
+  }
+  if (!v.is_array()) bad(file, index, "image", "must be a path or a list of paths");
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (!v[i].is_string() || v[i].get<std::string>().empty()) bad(file, index, "image[" + std::to_string(i) + "]", "must be a non-empty path");
+    (i == 0 ? s.image : s.frames.emplace_back()) = resolve(root, v[i].get<std::string>());
+  }
+}
+
 Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t index, const std::string& root,
                    const std::string& placement) {
   if (!r.is_object()) bad(file, index, "", "must be an object");
@@ -68,10 +82,7 @@ Sample parse_llava(const nlohmann::json& r, const std::string& file, int64_t ind
   if (id != r.end()) s.id = id->is_string() ? id->get<std::string>() : id->dump();
   else s.id = std::to_string(index);
   auto img = r.find("image");
-  if (img != r.end() && !img->is_null()) {
-    if (!img->is_string()) bad(file, index, "image", "must be a string path");
-    s.image = resolve(root, img->get<std::string>());
-  }
+  if (img != r.end() && !img->is_null()) read_images(*img, file, index, root, s);
   auto type = r.find("type");
   if (type != r.end() && type->is_string()) s.type = type->get<std::string>();
   auto conv = r.find("conversations");
@@ -202,10 +213,7 @@ std::vector<Sample> load_jsonl(const std::string& path, const LoadOptions& o, Lo
       if (!r.is_object() || !r.contains("text") || !r["text"].is_string()) bad(path, index, "text", "missing string");
       Sample s;
       s.id = std::to_string(index);
-      if (r.contains("image")) {
-        if (!r["image"].is_string()) bad(path, index, "image", "must be a string path");
-        s.image = resolve(o.image_root, r["image"].get<std::string>());
-      }
+      if (r.contains("image") && !r["image"].is_null()) read_images(r["image"], path, index, o.image_root, s);
       std::string prompt = r.contains("prompt") && r["prompt"].is_string() ? r["prompt"].get<std::string>() : "";
       s.conv.turns = {{"user", s.image.empty() ? prompt : std::string(text::kImageTag) + (prompt.empty() ? "" : "\n" + prompt)},
                       {"assistant", r["text"].get<std::string>()}};
@@ -330,10 +338,11 @@ std::vector<Sample> load_dataset(const std::string& path, const LoadOptions& opt
     std::vector<std::string> missing;
     std::vector<Sample> kept;
     for (auto& s : out) {
-      if (!s.image.empty() && !fs::exists(s.image)) {
-        missing.push_back(s.image);
-        if (o.skip_bad) { ++rep.skipped; continue; }
-      }
+      bool gone = false;
+      if (!s.image.empty() && !fs::exists(s.image)) missing.push_back(s.image), gone = true;
+      for (const auto& p : s.frames)
+        if (!fs::exists(p)) missing.push_back(p), gone = true;
+      if (gone && o.skip_bad) { ++rep.skipped; continue; }
       kept.push_back(std::move(s));
     }
     if (!missing.empty() && !o.skip_bad) {

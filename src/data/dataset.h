@@ -23,6 +23,9 @@ namespace vadapt::data {
 struct Sample {
   std::string id;
   std::string image;  // resolved path, or empty for a text-only sample
+  // Further images of the same sample, after `image` (the frames of a video or a multi-image
+  // record: "image": [a, b, ...]), all for its one <image>; only methods with multi_image() read them.
+  std::vector<std::string> frames;
   text::Conversation conv;
   std::string type;  // question type / category for per-type scores (the record's "type" field)
   // ScienceQA metadata (format scienceqa): subject, grade, has_context ("1"/"0"), choices (count).

@@ -95,6 +95,10 @@ class Method {
   // Whether it trains adapters inside the vision tower (LaVIN): the tower then runs with
   // gradients and its features cannot be cached.
   virtual bool adapts_vision() const { return false; }
+  // Whether a sample may carry several images (frames of a video, a multi-image sample) for its
+  // one <image> placeholder: prepare() then sees a row's images as consecutive entries with the
+  // same image_rows value. Methods that read one image per placeholder refuse such samples.
+  virtual bool multi_image() const { return false; }
   // Tokens one image occupies in the LLM input sequence (0: images enter through adapters only).
   virtual int64_t image_tokens() const = 0;
   // ids (B, T) with text::kImageToken placeholders; features (M, N, C) of the batch's M images

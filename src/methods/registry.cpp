@@ -9,6 +9,7 @@
 #include "methods/lavin.h"
 #include "methods/llama_adapter_v2.h"
 #include "methods/llava.h"
+#include "methods/palm2_vadapter.h"
 
 namespace vadapt::methods {
 namespace {
@@ -18,6 +19,7 @@ const std::vector<std::pair<std::string, std::function<std::unique_ptr<Method>()
       {"llama_adapter_v1", [] { return std::make_unique<LlamaAdapterV1>(); }},
       {"llama_adapter_v2", [] { return std::make_unique<LlamaAdapterV2>(); }},
       {"lavin", [] { return std::make_unique<Lavin>(); }},
+      {"palm2_vadapter", [] { return std::make_unique<Palm2VAdapter>(); }},
   };
   return t;
 }

@@ -17,17 +17,21 @@ namespace {
 
 // Prompts and images -> the method's inputs -> generation.
 generate::GenerateResult generate_for(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
-                                      const std::vector<std::string>& images, const generate::GenerateOptions& opts,
+                                      const std::vector<std::vector<std::string>>& images, const generate::GenerateOptions& opts,
                                       const generate::TokenCallback& on_token) {
   torch::NoGradGuard ng;
-  if (images.size() != prompts.size()) throw VadaptError("answer: one image entry (possibly empty) per prompt");
+  if (images.size() != prompts.size()) throw VadaptError("answer: one list of images (possibly empty) per prompt");
   std::vector<std::vector<int64_t>> ids;
   for (const auto& p : prompts) ids.push_back(p.ids);
   auto [batch_ids, mask] = generate::left_pad(ids, m.tokenizer().pad_id());
   std::vector<std::string> paths;
   std::vector<int64_t> rows;
-  for (size_t i = 0; i < images.size(); ++i)
-    if (!images[i].empty()) paths.push_back(images[i]), rows.push_back(static_cast<int64_t>(i));
+  for (size_t i = 0; i < images.size(); ++i) {
+    if (images[i].size() > 1 && !m.method().multi_image())
+      throw VadaptError(cat("prompt ", i, ": ", images[i].size(), " images, but method ", m.method().name(),
+                            " reads one image per prompt (multi-image prompts: palm2_vadapter)"));
+    for (const auto& p : images[i]) paths.push_back(p), rows.push_back(static_cast<int64_t>(i));
+  }
   torch::Tensor feats, image_rows;
   if (!paths.empty()) {
     feats = m.image_features(paths).to(m.device());                        // (M, N, C)
@@ -49,7 +53,15 @@ size_t stop_at(const text::Tokenizer& tok, const std::vector<int64_t>& ids, cons
 }  // namespace
 
 generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
-                                const std::vector<std::string>& images, const generate::GenerateOptions& opts_in,
+                                const std::vector<std::string>& images, const generate::GenerateOptions& opts,
+                                const generate::TokenCallback& on_token) {
+  std::vector<std::vector<std::string>> per_row;
+  for (const auto& i : images) per_row.push_back(i.empty() ? std::vector<std::string>{} : std::vector<std::string>{i});
+  return answer(m, prompts, per_row, opts, on_token);
+}
+
+generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
+                                const std::vector<std::vector<std::string>>& images, const generate::GenerateOptions& opts_in,
                                 const generate::TokenCallback& on_token_in) {
   torch::NoGradGuard ng;
   // The template's stop strings ("###" for v0, "<|im_end|>" for the ChatML forms): one that is a

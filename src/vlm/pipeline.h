@@ -27,5 +27,10 @@ text::EncodedPrompt encode_query(const VisionLanguageModel& m, const Query& q);
 generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
                                 const std::vector<std::string>& images, const generate::GenerateOptions& opts,
                                 const generate::TokenCallback& on_token = {});
+// Same with any number of images per prompt (a multi-image prompt's frames, in order; more than
+// one only for methods with multi_image()).
+generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
+                                const std::vector<std::vector<std::string>>& images, const generate::GenerateOptions& opts,
+                                const generate::TokenCallback& on_token = {});
 
 }  // namespace vadapt::vlm

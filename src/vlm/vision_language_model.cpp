@@ -118,6 +118,12 @@ torch::Tensor VisionLanguageModel::image_features(const std::vector<std::string>
 }
 
 Batch VisionLanguageModel::collate(const std::vector<text::EncodedPrompt>& prompts, const std::vector<std::string>& images) {
+  std::vector<std::vector<std::string>> per_row;
+  for (const auto& i : images) per_row.push_back(i.empty() ? std::vector<std::string>{} : std::vector<std::string>{i});
+  return collate(prompts, per_row);
+}
+
+Batch VisionLanguageModel::collate(const std::vector<text::EncodedPrompt>& prompts, const std::vector<std::vector<std::string>>& images) {
   Batch b;
   size_t t = 0;
   for (const auto& p : prompts) t = std::max(t, p.ids.size());
@@ -135,8 +141,12 @@ Batch VisionLanguageModel::collate(const std::vector<text::EncodedPrompt>& promp
   }
   std::vector<std::string> paths;
   std::vector<int64_t> rows;
-  for (size_t i = 0; i < images.size(); ++i)
-    if (!images[i].empty()) paths.push_back(images[i]), rows.push_back(static_cast<int64_t>(i));
+  for (size_t i = 0; i < images.size(); ++i) {
+    if (images[i].size() > 1 && !method_->multi_image())
+      throw VadaptError(cat("batch row ", i, ": ", images[i].size(), " images for one sample, but method ", method_->name(),
+                            " reads one image per <image> (multi-image samples: palm2_vadapter)"));
+    for (const auto& p : images[i]) paths.push_back(p), rows.push_back(static_cast<int64_t>(i));
+  }
   if (paths.empty()) return b;
   b.image_rows = torch::tensor(rows, torch::kInt64);
   if (cache_) {

@@ -71,6 +71,9 @@ class VisionLanguageModel {
   // Builds a batch from encoded prompts and their images (right padding, for training); with the
   // feature cache on, the batch carries cached features instead of pixels.
   Batch collate(const std::vector<text::EncodedPrompt>& prompts, const std::vector<std::string>& images);
+  // Same with any number of images per row (a multi-image sample's frames, in order); more than
+  // one per row only for methods with multi_image().
+  Batch collate(const std::vector<text::EncodedPrompt>& prompts, const std::vector<std::vector<std::string>>& images);
   torch::Tensor load_pixels(const std::string& image_path) const;  // (3, H, W)
   // Frozen features (M, N, C) of image files through the feature cache (enabled with
   // enable_feature_cache; without it they are computed every time).

@@ -50,6 +50,7 @@ struct GenerateArgs {
   std::string model, tokenizer, device = "cpu", dtype = "float32";
   std::vector<std::string> prompts;
   std::string adapter, image, lora, vision, template_name;
+  std::vector<std::string> frames;
   std::string expert = "none", expert_model;
   int64_t max_new_tokens = 128, top_k = 0;
   float temperature = 0.0f, top_p = 1.0f;
@@ -85,7 +86,12 @@ int run_generate_vlm(const GenerateArgs& a) {
   q.conv.turns.push_back({"user", (a.image.empty() ? "" : std::string(text::kImageTag) + "\n") +
                                       experts::with_context(expert.get(), a.image, a.prompts[0], "--prompt")});
   text::StreamDecoder stream(m->tokenizer());
-  auto res = vlm::answer(*m, {vlm::encode_query(*m, q)}, {a.image}, make_options(a, m->tokenizer()), [&](int64_t, int64_t id) {
+  if (!a.frames.empty() && a.image.empty()) throw VadaptError("--frame adds images after --image: give --image first");
+  std::vector<std::string> images;
+  if (!a.image.empty()) images.push_back(a.image);
+  images.insert(images.end(), a.frames.begin(), a.frames.end());
+  auto res = vlm::answer(*m, {vlm::encode_query(*m, q)}, std::vector<std::vector<std::string>>{images}, make_options(a, m->tokenizer()),
+                         [&](int64_t, int64_t id) {
     std::cout << stream.push(id) << std::flush;
     return true;
   });
@@ -96,7 +102,7 @@ int run_generate_vlm(const GenerateArgs& a) {
 
 int run_generate(const GenerateArgs& a) {
   if (!a.adapter.empty()) return run_generate_vlm(a);
-  if (!a.image.empty()) throw VadaptError("--image needs --adapter (a trained vision-language adapter)");
+  if (!a.image.empty() || !a.frames.empty()) throw VadaptError("--image needs --adapter (a trained vision-language adapter)");
   if (!a.lora.empty() && a.model.empty()) throw VadaptError("--lora needs --model (the base model the LoRA was trained on)");
   if (a.model.empty()) throw VadaptError("--model is required without --adapter");
   auto dtype = io::dtype_from_name(a.dtype, "--dtype");
@@ -431,6 +437,7 @@ int main(int argc, char** argv) {
   gen->add_option("--template", ga.template_name, "with --adapter: the chat template in place of the one it names")
       ->check(CLI::IsMember(text::template_names()));
   gen->add_option("--image", ga.image, "image to ask about (with --adapter)");
+  gen->add_option("--frame", ga.frames, "a further image of the same prompt, after --image (repeatable; multi-image methods: palm2_vadapter)");
   gen->add_option("--expert", ga.expert, "with --adapter: put an expert's text about the image before the prompt (LLaMA-Adapter V2)")
       ->check(CLI::IsMember({"none", "ocr", "caption"}));
   gen->add_option("--expert-model", ga.expert_model, "with --expert caption: the caption adapter folder");
