@@ -80,7 +80,7 @@ nlohmann::json Palm2VAdapter::parse_recipe(const nlohmann::json& sec, const std:
   o.connector = o.role == "decoder" ? "pooler" : "perceiver";
   read_option(sec, "connector", o.connector, where);
   o.resampler.width = 0, o.resampler.heads = 0;
-  if (sec.contains("tiny_lm")) {
+  if (sec.contains("tiny_lm") && !sec["tiny_lm"].is_null()) {  // null: none (the perceiver baseline)
     const auto& t = sec["tiny_lm"];
     const std::string tw = where + " tiny_lm";
     check_keys(t, {"path", "init", "config"}, tw);
