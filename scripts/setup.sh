@@ -7,8 +7,8 @@ PACKAGES=(
   build-essential cmake ccache pkg-config
   libtorch-dev libopenblas0-pthread libgloo-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libgtest-dev
-  libstb-dev libjpeg62-turbo-dev libwebp-dev libpcre2-dev libyaml-cpp-dev libssl-dev
-  fonts-dejavu-core
+  libstb-dev libjpeg62-turbo-dev libwebp-dev libpcre2-dev libyaml-cpp-dev libssl-dev libcpp-httplib-dev
+  fonts-dejavu-core jq
   libtesseract-dev tesseract-ocr-eng
 )
 

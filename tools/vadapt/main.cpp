@@ -4,7 +4,9 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include <csignal>
 #include <filesystem>
+#include <unistd.h>
 #include <iomanip>
 #include <iostream>
 
@@ -27,6 +29,9 @@
 #include "train/distributed.h"
 #include "train/recipe.h"
 #include "train/run_recipe.h"
+#include "serve/chat.h"
+#include "serve/engine.h"
+#include "serve/server.h"
 #include "vlm/pipeline.h"
 #include "vlm/vision_language_model.h"
 #include "vision/image.h"
@@ -420,6 +425,122 @@ int run_eval(const EvalArgs& a) {
   return 0;
 }
 
+
+// vadapt chat: a multi-turn conversation with an adapter on stdin / stdout (one turn per line
+// when stdin is not a terminal); /image PATH, /reset, /save FILE, /exit (or Ctrl-D).
+int run_chat(const GenerateArgs& a) {
+  if (a.adapter.empty()) throw VadaptError("chat: give --adapter DIR (a trained adapter or a LLaVA folder)");
+  auto device = parse_device(a.device);
+  auto m = vlm::load_vlm_checkpoint(a.adapter, device, {a.model, a.vision, a.template_name});
+  serve::ChatSession chat(*m, make_options(a, m->tokenizer()));
+  if (!a.image.empty()) chat.attach_image(a.image);
+  for (const auto& f : a.frames) chat.attach_image(f);
+  const bool tty = ::isatty(0);
+  if (tty) std::cerr << "vadapt chat (" << m->spec().method << ", template " << m->spec().template_name
+                     << "): /image PATH, /reset, /save FILE, /exit" << std::endl;
+  int rc = 0;
+  for (std::string line;;) {
+    if (tty) std::cerr << "> " << std::flush;
+    if (!std::getline(std::cin, line)) break;
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (line.empty()) continue;
+    try {
+      if (line == "/exit" || line == "/quit") break;
+      if (line == "/reset") {
+        chat.reset();
+        log_info("chat: new conversation");
+      } else if (line.rfind("/image ", 0) == 0) {
+        chat.attach_image(line.substr(7));
+        log_info(cat("chat: ", line.substr(7), " goes with the next turn"));
+      } else if (line.rfind("/save ", 0) == 0) {
+        chat.save(line.substr(6));
+        log_info(cat("chat: conversation saved to ", line.substr(6)));
+      } else if (line[0] == '/') {
+        throw VadaptError(cat("unknown command ", line, " (/image PATH, /reset, /save FILE, /exit)"));
+      } else {
+        chat.turn(line, [](const std::string& piece) { std::cout << piece << std::flush; });
+        std::cout << std::endl;
+      }
+    } catch (const VadaptError& e) {
+      std::cerr << "vadapt: error: " << e.what() << std::endl;
+      rc = 2;
+    }
+  }
+  return rc;
+}
+
+struct ServeArgs {
+  std::vector<std::string> adapters;
+  std::string model, vision, template_name, device = "cpu", host = "127.0.0.1", api_key, allow_local_images;
+  int port = 8080;
+  size_t max_queue = 64;
+  int64_t max_batch = 8, max_tokens = 1024;
+  double timeout = 600;
+  size_t max_body_mb = 32;
+  bool no_cache = false;
+};
+
+serve::Server* g_server = nullptr;
+extern "C" void stop_server(int) {
+  if (g_server) g_server->stop();
+}
+
+// vadapt serve: several adapters on one base, OpenAI-compatible HTTP.
+int run_serve(const ServeArgs& a) {
+  if (a.adapters.empty()) throw VadaptError("serve: give at least one --adapter NAME=DIR");
+  auto device = parse_device(a.device);
+  std::vector<std::pair<std::string, std::unique_ptr<vlm::VisionLanguageModel>>> models;
+  for (const auto& spec : a.adapters) {
+    const auto eq = spec.find('=');
+    std::string name = eq == std::string::npos ? std::filesystem::path(spec).filename().string() : spec.substr(0, eq);
+    const std::string dir = eq == std::string::npos ? spec : spec.substr(eq + 1);
+    if (name.empty() || dir.empty()) throw VadaptError(cat("--adapter ", spec, ": expected NAME=DIR"));
+    for (const auto& [n, m] : models)
+      if (n == name) throw VadaptError(cat("--adapter ", spec, ": the name '", name, "' is given twice"));
+    auto m = vlm::load_vlm_checkpoint(dir, device, {a.model, a.vision, a.template_name});
+    if (!a.no_cache) m->enable_feature_cache(train::default_feature_cache_dir());
+    if (!models.empty()) {  // one base for all
+      const auto& first = *models[0].second;
+      auto same = [](const std::string& x, const std::string& y) {
+        return x == y || (!x.empty() && !y.empty() && std::filesystem::weakly_canonical(x) == std::filesystem::weakly_canonical(y));
+      };
+      if (!same(first.spec().llm, m->spec().llm))
+        throw VadaptError(cat("--adapter ", spec, ": its base LLM ", m->spec().llm, " is not the base of '", models[0].first, "' (",
+                              first.spec().llm, "); one server serves adapters of one base"));
+      if (m->has_vision() && first.has_vision() && !same(first.spec().vision, m->spec().vision))
+        throw VadaptError(cat("--adapter ", spec, ": its vision tower ", m->spec().vision, " is not the one of '", models[0].first, "' (",
+                              first.spec().vision, ")"));
+    }
+    log_info(cat("serve: model '", name, "' = ", dir, " (", m->spec().method, ", template ", m->spec().template_name, ")"));
+    models.emplace_back(name, std::move(m));
+  }
+  std::vector<std::string> names;
+  for (const auto& [n, m] : models) names.push_back(n);
+  serve::Engine engine(std::move(models), {a.max_queue, a.max_batch});
+  serve::ServerOptions so;
+  so.host = a.host, so.port = a.port, so.api_key = a.api_key, so.request_timeout_s = a.timeout;
+  so.max_body_bytes = a.max_body_mb << 20;
+  so.limits.max_tokens = a.max_tokens;
+  so.limits.allow_local_images = a.allow_local_images;
+  char tmpl[] = "/tmp/vadapt-serve-XXXXXX";
+  if (!::mkdtemp(tmpl)) throw VadaptError("serve: cannot create a folder for received images under /tmp");
+  so.limits.image_dir = tmpl;
+  serve::Server server(engine, so);
+  server.bind();
+  g_server = &server;
+  std::signal(SIGINT, stop_server);
+  std::signal(SIGTERM, stop_server);
+  const std::string url = cat("http://", a.host, ":", server.port());
+  log_info(cat("serve: listening on ", url, " (", names.size(), " model(s); POST /v1/chat/completions, GET /v1/models, /health, /metrics, /)"));
+  std::cout << nlohmann::json{{"url", url}, {"port", server.port()}, {"models", names}}.dump() << std::endl;
+  server.listen();
+  g_server = nullptr;
+  std::error_code ec;
+  std::filesystem::remove_all(so.limits.image_dir, ec);
+  log_info("serve: stopped");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -453,6 +574,40 @@ int main(int argc, char** argv) {
   gen->add_option("--dtype", ga.dtype, "float32 | bfloat16 | float16");
   gen->add_option("--device", ga.device, "cpu | cuda[:N]");
   gen->add_flag("--no-bos", ga.no_bos, "do not prepend BOS");
+
+  GenerateArgs ca;
+  auto* chat = app.add_subcommand("chat", "multi-turn chat with an adapter (answers on stdout; /image PATH, /reset, /save FILE, /exit)");
+  chat->add_option("--adapter", ca.adapter, "adapter folder (vadapt train) or a LLaVA checkpoint folder")->required();
+  chat->add_option("--model", ca.model, "the base LLM in place of the one the adapter names");
+  chat->add_option("--vision", ca.vision, "the vision tower folder in place of the one it names");
+  chat->add_option("--template", ca.template_name, "the chat template in place of the one it names")->check(CLI::IsMember(text::template_names()));
+  chat->add_option("--image", ca.image, "an image for the first turn");
+  chat->add_option("--frame", ca.frames, "further images of the first turn (multi-image methods)");
+  chat->add_option("--max-new-tokens", ca.max_new_tokens, "tokens per answer")->check(CLI::NonNegativeNumber);
+  chat->add_option("--temperature", ca.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+  chat->add_option("--top-k", ca.top_k, "0 = off")->check(CLI::NonNegativeNumber);
+  chat->add_option("--top-p", ca.top_p, "1 = off")->check(CLI::Range(0.0, 1.0));
+  chat->add_option("--seed", ca.seed, "sampling seed");
+  chat->add_option("--num-beams", ca.num_beams, "beam search width")->check(CLI::PositiveNumber);
+  chat->add_option("--device", ca.device, "cpu | cuda[:N]");
+
+  ServeArgs sa;
+  auto* srv = app.add_subcommand("serve", "OpenAI-compatible HTTP server: several adapters on one base, a chat page at /");
+  srv->add_option("--adapter", sa.adapters, "NAME=DIR (repeatable; the request's model field picks one)")->required();
+  srv->add_option("--model", sa.model, "the base LLM in place of the one the adapters name");
+  srv->add_option("--vision", sa.vision, "the vision tower in place of the one the adapters name");
+  srv->add_option("--template", sa.template_name, "the chat template in place of the adapters' own")->check(CLI::IsMember(text::template_names()));
+  srv->add_option("--host", sa.host, "address to bind (default 127.0.0.1)");
+  srv->add_option("--port", sa.port, "port (0: any free one; the chosen URL is printed as JSON)")->check(CLI::Range(0, 65535));
+  srv->add_option("--api-key", sa.api_key, "require Authorization: Bearer KEY");
+  srv->add_option("--allow-local-images", sa.allow_local_images, "image_url may name files under this folder");
+  srv->add_option("--max-queue", sa.max_queue, "queued requests before 429")->check(CLI::PositiveNumber);
+  srv->add_option("--max-batch", sa.max_batch, "requests generated together")->check(CLI::PositiveNumber);
+  srv->add_option("--max-tokens", sa.max_tokens, "ceiling of a request's max_tokens")->check(CLI::PositiveNumber);
+  srv->add_option("--max-body-mb", sa.max_body_mb, "request body limit (413 beyond)")->check(CLI::PositiveNumber);
+  srv->add_option("--timeout", sa.timeout, "seconds a request may take (504 beyond)")->check(CLI::PositiveNumber);
+  srv->add_option("--device", sa.device, "cpu | cuda[:N]");
+  srv->add_flag("--no-cache", sa.no_cache, "do not cache vision features");
 
   EncodeArgs ea;
   auto* enc = app.add_subcommand("encode", "run a vision tower on an image and print its features as JSON");
@@ -568,6 +723,8 @@ int main(int argc, char** argv) {
   configure_runtime(*tr ? Workload::kTraining : Workload::kInference);
   try {
     if (*gen) return run_generate(ga);
+    if (*chat) return run_chat(ca);
+    if (*srv) return run_serve(sa);
     if (*insp) {
       if (!inspect_recipe.empty()) return run_inspect_recipe(inspect_recipe, inspect_overrides);
       if (inspect_dir.empty()) throw VadaptError("inspect: give a model folder or --recipe FILE");
