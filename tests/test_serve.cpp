@@ -17,6 +17,7 @@
 
 #include "common/error.h"
 #include "fixtures.h"
+#include "model/weight_share.h"
 #include "serve/api.h"
 #include "serve/chat.h"
 #include "serve/engine.h"
@@ -84,6 +85,8 @@ struct Running {
   std::thread thread;
   TempDir images;
   explicit Running(const std::string& api_key = "") {
+    model::WeightShare::clear();
+    model::WeightShare::enable(true);  // as vadapt serve: one copy of the frozen base
     std::vector<std::pair<std::string, std::unique_ptr<vlm::VisionLanguageModel>>> models;
     models.emplace_back("llava", std::make_unique<vlm::VisionLanguageModel>(w.spec("projector")));
     models.emplace_back("palm2", std::make_unique<vlm::VisionLanguageModel>(palm2_spec(w)));
@@ -100,6 +103,8 @@ struct Running {
   ~Running() {
     server->stop();
     thread.join();
+    model::WeightShare::enable(false);
+    model::WeightShare::clear();
   }
   httplib::Client client() const {
     httplib::Client c("127.0.0.1", server->port());
@@ -297,4 +302,32 @@ TEST(Serve, ChatOnPipedStdin) {
   EXPECT_EQ(conv["turns"][0]["text"], "<image>\nWhat colour?");
   EXPECT_EQ(conv["turns"][2]["text"], "And now?");
   EXPECT_EQ(conv["images"].size(), 1u);
+}
+
+TEST(Serve, AdaptersShareTheFrozenBaseWeightsAndNeverWriteThem) {
+  World w;
+  model::WeightShare::clear();
+  model::WeightShare::enable(true);
+  struct Off {
+    ~Off() { model::WeightShare::enable(false), model::WeightShare::clear(); }
+  } off;
+  const std::string q = "model.layers.0.self_attn.q_proj.weight", norm = "model.layers.1.input_layernorm.weight";
+  vlm::VisionLanguageModel lora(w.spec("lora")), palm2(palm2_spec(w)), full(w.spec("full"));
+  auto lp = lora.lm()->named_parameters(), pp = palm2.lm()->named_parameters(), fp = full.lm()->named_parameters();
+  EXPECT_EQ(lp[q].data_ptr(), pp[q].data_ptr()) << "one copy of the frozen LLM";
+  EXPECT_EQ(lora.tower().module().parameters()[0].data_ptr(), palm2.tower().module().parameters()[0].data_ptr()) << "and of the tower";
+  EXPECT_NE(fp[q].data_ptr(), lp[q].data_ptr()) << "full tuning owns its LLM weights";
+  EXPECT_GT(model::WeightShare::bytes(), 0);
+  {  // Loading a fully tuned adapter's weights into `full` leaves the shared ones as they were.
+    torch::NoGradGuard ng;
+    for (auto& p : fp) p.value().add_(1.0);
+  }
+  model::WeightShare::enable(false);
+  vlm::VisionLanguageModel alone(w.spec("lora"));
+  EXPECT_TRUE(vadapt::test::tensors_equal(lp[q], alone.lm()->named_parameters()[q]));
+  EXPECT_TRUE(vadapt::test::tensors_equal(pp[norm], alone.lm()->named_parameters()[norm]));
+  auto samples = vadapt::test::mixed_samples(w);
+  lora.train_mode(false), alone.train_mode(false);
+  auto b = vadapt::test::batch_of(lora, samples, {0, 9});
+  EXPECT_TRUE(vadapt::test::tensors_equal(vadapt::test::logits_of(lora, b), vadapt::test::logits_of(alone, b)));
 }

@@ -9,6 +9,7 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/load.h"
+#include "model/weight_share.h"
 
 namespace vadapt::model {
 
@@ -232,6 +233,11 @@ LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, tor
   std::vector<std::string> ignore = {"rotary_emb.inv_freq"};
   if (cfg.tie_word_embeddings) ignore.push_back("lm_head.weight");
   ignore.insert(ignore.end(), part.ignore.begin(), part.ignore.end());
+  const std::string share_key = WeightShare::key(dir, "llm|" + part.prefix, dtype, device);
+  if (!j.contains("quantization_config") && WeightShare::attach(*m, share_key)) {  // already in memory: shared
+    m->eval();
+    return m;
+  }
   auto src = io::TensorSource::open(dir);
   std::set<std::string> filled;
   if (j.contains("quantization_config") && j["quantization_config"].is_object()) {
@@ -242,6 +248,7 @@ LlamaForCausalLM load_llama(const std::string& dir, torch::ScalarType dtype, tor
     filled = load_bnb_nf4(*m, src, qc, cfg_path, dtype, device, ignore);
   }
   load_strict(*m, src, ignore, part.prefix, filled);
+  if (filled.empty()) WeightShare::add(*m, share_key);
   m->eval();
   return m;
 }

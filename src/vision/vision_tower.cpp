@@ -5,6 +5,7 @@
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "model/load.h"
+#include "model/weight_share.h"
 #include "vision/clip_vision.h"
 #include "vision/vit.h"
 
@@ -32,7 +33,11 @@ std::shared_ptr<VisionTower> load_vision_tower(const std::string& dir, torch::Sc
       raise(cfg_path, "model_type", "is a language model, not a vision tower (expected vit or clip)");
   }
   ignore.insert(ignore.end(), part.ignore.begin(), part.ignore.end());
-  model::load_strict(tower->module(), io::TensorSource::open(dir), ignore, part.prefix);
+  const std::string share_key = model::WeightShare::key(dir, "vision|" + part.prefix, dtype, device);
+  if (!model::WeightShare::attach(tower->module(), share_key)) {
+    model::load_strict(tower->module(), io::TensorSource::open(dir), ignore, part.prefix);
+    model::WeightShare::add(tower->module(), share_key);
+  }
   tower->module().eval();
   return tower;
 }

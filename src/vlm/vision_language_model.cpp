@@ -13,6 +13,7 @@
 #include "io/safetensors.h"
 #include "methods/registry.h"
 #include "model/load.h"
+#include "model/weight_share.h"
 #include "vision/image.h"
 
 namespace vadapt::vlm {
@@ -37,6 +38,9 @@ VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device devi
                             tower_->image_size()));
   }
   method_->build(methods::Frozen{lm_, tower_, device}, spec.seed);
+  // What the method trains or overwrites is its own, never shared base weights.
+  if (model::WeightShare::enabled())
+    for (auto& [name, t] : method_->state()) model::WeightShare::unshare(t);
   if (tower_) method_->feature_select().validate(tower_->num_layers() + 1);
 }
 

@@ -24,6 +24,7 @@
 #include "io/safetensors.h"
 #include "model/llama.h"
 #include "model/load.h"
+#include "model/weight_share.h"
 #include "text/prompt.h"
 #include "text/tokenizer.h"
 #include "train/distributed.h"
@@ -490,6 +491,7 @@ int run_serve(const ServeArgs& a) {
   if (a.adapters.empty()) throw VadaptError("serve: give at least one --adapter NAME=DIR");
   auto device = parse_device(a.device);
   std::vector<std::pair<std::string, std::unique_ptr<vlm::VisionLanguageModel>>> models;
+  model::WeightShare::enable(true);  // one copy of the frozen base for all adapters
   for (const auto& spec : a.adapters) {
     const auto eq = spec.find('=');
     std::string name = eq == std::string::npos ? std::filesystem::path(spec).filename().string() : spec.substr(0, eq);
@@ -516,6 +518,7 @@ int run_serve(const ServeArgs& a) {
   }
   std::vector<std::string> names;
   for (const auto& [n, m] : models) names.push_back(n);
+  log_info(cat("serve: frozen base weights held once: ", model::WeightShare::bytes() / (1 << 20), " MiB shared by ", models.size(), " model(s)"));
   serve::Engine engine(std::move(models), {a.max_queue, a.max_batch});
   serve::ServerOptions so;
   so.host = a.host, so.port = a.port, so.api_key = a.api_key, so.request_timeout_s = a.timeout;
