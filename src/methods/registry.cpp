@@ -39,6 +39,15 @@ std::optional<ReleaseFolder> read_release(const std::string& dir, const FolderOv
   return std::nullopt;
 }
 
+void check_images_per_input(const Method& m, size_t images, const std::string& what, const std::string& unit) {
+  if (images <= 1 || m.multi_image()) return;
+  std::string multi;
+  for (const auto& e : table())
+    if (e.second()->multi_image()) multi += (multi.empty() ? "" : ", ") + e.first;
+  throw VadaptError(cat(what, ": ", images, " images for one <image>, but method ", m.name(), " reads one image per ", unit,
+                        " (multi-image methods: ", multi, ")"));
+}
+
 std::vector<std::string> names() {
   std::vector<std::string> out;
   for (const auto& e : table()) out.push_back(e.first);

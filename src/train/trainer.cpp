@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/error.h"
+#include "methods/registry.h"
 #include "common/log.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
@@ -49,22 +50,15 @@ Trainer::Trainer(vlm::VisionLanguageModel& model, std::vector<data::Sample> trai
   if (train_.empty()) throw VadaptError("train: the training set is empty");
   if (cfg_.batch_size <= 0 || cfg_.grad_accum <= 0) throw VadaptError("train: batch_size and grad_accum must be positive");
   if (cfg_.out_dir.empty()) throw VadaptError("train: an output folder is required (--out)");
-  if (!m_.method().multi_image())
-    for (const auto* set : {&train_, &val_}) {
-      auto it = std::find_if(set->begin(), set->end(), [](const data::Sample& s) { return !s.frames.empty(); });
-      if (it != set->end())
-        throw VadaptError(cat("sample ", it->id, ": ", it->frames.size() + 1, " images for one <image>, but method ", m_.method().name(),
-                              " reads one image per sample (multi-image samples: palm2_vadapter)"));
-    }
+  for (const auto* set : {&train_, &val_})  // before training starts, not mid-epoch
+    for (const auto& s : *set)
+      if (!s.frames.empty()) methods::check_images_per_input(m_.method(), s.frames.size() + 1, "sample " + s.id, "sample");
 }
 
 text::EncodedPrompt Trainer::encode(const data::Sample& s) const {
   auto segs = m_.chat_template().segments(s.conv, false);
   auto e = text::encode_segments(m_.tokenizer(), segs, m_.image_tokens());
   if (s.image.empty() && e.num_images > 0) throw VadaptError(cat("sample ", s.id, ": <image> in a text-only sample"));
-  if (!s.frames.empty() && (s.image.empty() || !m_.method().multi_image()))
-    throw VadaptError(cat("sample ", s.id, ": ", s.frames.size() + 1, " images for one <image>, but method ", m_.method().name(),
-                          " reads one image per sample (multi-image samples: palm2_vadapter)"));
   if (!s.image.empty() && e.num_images != 1)
     throw VadaptError(cat("sample ", s.id, ": expected exactly one <image> in the prompt, found ", e.num_images));
   if (static_cast<int64_t>(e.ids.size()) > cfg_.max_seq_len) {

@@ -2,6 +2,7 @@
 #include "vlm/pipeline.h"
 
 #include "common/error.h"
+#include "methods/registry.h"
 
 namespace vadapt::vlm {
 
@@ -27,9 +28,7 @@ generate::GenerateResult generate_for(VisionLanguageModel& m, const std::vector<
   std::vector<std::string> paths;
   std::vector<int64_t> rows;
   for (size_t i = 0; i < images.size(); ++i) {
-    if (images[i].size() > 1 && !m.method().multi_image())
-      throw VadaptError(cat("prompt ", i, ": ", images[i].size(), " images, but method ", m.method().name(),
-                            " reads one image per prompt (multi-image prompts: palm2_vadapter)"));
+    methods::check_images_per_input(m.method(), images[i].size(), cat("prompt ", i), "prompt");
     for (const auto& p : images[i]) paths.push_back(p), rows.push_back(static_cast<int64_t>(i));
   }
   torch::Tensor feats, image_rows;

@@ -146,9 +146,7 @@ Batch VisionLanguageModel::collate(const std::vector<text::EncodedPrompt>& promp
   std::vector<std::string> paths;
   std::vector<int64_t> rows;
   for (size_t i = 0; i < images.size(); ++i) {
-    if (images[i].size() > 1 && !method_->multi_image())
-      throw VadaptError(cat("batch row ", i, ": ", images[i].size(), " images for one sample, but method ", method_->name(),
-                            " reads one image per <image> (multi-image samples: palm2_vadapter)"));
+    methods::check_images_per_input(*method_, images[i].size(), cat("batch row ", i), "sample");
     for (const auto& p : images[i]) paths.push_back(p), rows.push_back(static_cast<int64_t>(i));
   }
   if (paths.empty()) return b;
