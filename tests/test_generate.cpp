@@ -2,8 +2,12 @@
 // stop tokens and bad arguments.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <map>
+
 #include "common/error.h"
 #include "fixtures.h"
+#include "generate/continuous_batch.h"
 #include "generate/generator.h"
 #include "model/llama.h"
 
@@ -102,4 +106,76 @@ TEST_F(GenerateTest, BeamWidthOneEqualsGreedyAndWiderBeamsScoreAtLeastAsWell) {
   auto b4 = gen.beam_search(embeds, g);
   ASSERT_EQ(b4.tokens[0].size(), 7u);
   EXPECT_GE(seq_logp(b4.tokens[0]), seq_logp(greedy.tokens[0]) - 1e-4);
+}
+
+// Continuous batching: rows join a running batch (in groups, left-padded) and leave it at
+// different steps; each row's tokens equal generating it alone, greedy and seeded sampling (each
+// row has its own sampler), and a dropped row leaves the others unchanged.
+TEST_F(GenerateTest, ContinuousBatchRowsJoiningAndLeavingEqualSingleRuns) {
+  struct Row {
+    std::vector<int64_t> prompt;
+    int64_t max_new;
+    int join_at;
+    generate::SamplingParams sampling;
+  };
+  const generate::SamplingParams greedy{}, hot{1.0f, 0, 0.9f, 11};
+  std::vector<Row> rows = {{{1, 9, 8, 7, 6, 5}, 12, 0, greedy}, {{1, 4}, 3, 0, hot},        {{2, 3, 4}, 9, 2, greedy},
+                           {{7}, 5, 2, hot},                    {{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, 6, 5, greedy},
+                           {{3, 3}, 4, 9, greedy},              {{5, 6, 7}, 20, 9, hot}};
+  generate::ContinuousBatch cb(lm_);
+  std::map<int64_t, size_t> row_of;
+  std::vector<std::vector<int64_t>> got(rows.size());
+  std::vector<int64_t> sizes;
+  torch::NoGradGuard ng;
+  for (int step = 0; step < 60; ++step) {
+    std::vector<std::vector<int64_t>> prompts;
+    std::vector<generate::RowOptions> opts;
+    std::vector<size_t> which;
+    for (size_t i = 0; i < rows.size(); ++i)
+      if (rows[i].join_at == step) {
+        prompts.push_back(rows[i].prompt), which.push_back(i);
+        generate::RowOptions o;
+        o.max_new_tokens = rows[i].max_new, o.sampling = rows[i].sampling, o.stop_at_eos = false;
+        opts.push_back(o);
+      }
+    if (!prompts.empty()) {
+      auto [ids, mask] = generate::left_pad(prompts, 0);
+      auto embeds = lm_->embed(ids);
+      auto joined = cb.join(embeds, mask.min().item<int64_t>() == 0 ? mask : torch::Tensor(), nullptr, opts);
+      for (size_t k = 0; k < joined.size(); ++k) row_of[joined[k]] = which[k];
+    }
+    if (cb.empty()) continue;
+    sizes.push_back(cb.size());
+    cb.step([&](int64_t id, int64_t tok) {
+      got[row_of.at(id)].push_back(tok);
+      return true;
+    });
+  }
+  EXPECT_TRUE(cb.empty());
+  EXPECT_EQ(*std::max_element(sizes.begin(), sizes.end()), 5);  // rows overlapped (steps 9-10: rows 0, 2, 4, 5, 6)
+  for (size_t i = 0; i < rows.size(); ++i) {
+    generate::GenerateOptions o;
+    o.max_new_tokens = rows[i].max_new, o.sampling = rows[i].sampling;
+    EXPECT_EQ(got[i], run({rows[i].prompt}, o).tokens[0]) << "row " << i;
+  }
+  // Dropping a row (a cancelled request) mid-way leaves the other rows' tokens as they were.
+  generate::ContinuousBatch cb2(lm_);
+  generate::RowOptions o;
+  o.max_new_tokens = 10, o.stop_at_eos = false;
+  auto a = cb2.join(lm_->embed(torch::tensor(rows[4].prompt).unsqueeze(0)), {}, nullptr, {o});
+  auto b = cb2.join(lm_->embed(torch::tensor(rows[0].prompt).unsqueeze(0)), {}, nullptr, {o});
+  std::vector<int64_t> kept;
+  for (int s = 0; s < 10 && !cb2.empty(); ++s) {
+    if (s == 3) cb2.drop(a[0]);
+    cb2.step([&](int64_t id, int64_t tok) {
+      if (id == b[0]) kept.push_back(tok);
+      return true;
+    });
+  }
+  generate::GenerateOptions g;
+  g.max_new_tokens = 10;
+  EXPECT_EQ(kept, run({rows[0].prompt}, g).tokens[0]);
+  // Budget and context are checked per row before anything joins.
+  o.max_new_tokens = 600;
+  EXPECT_THROW(cb2.join(lm_->embed(torch::tensor(rows[0].prompt).unsqueeze(0)), {}, nullptr, {o}), VadaptError);
 }

@@ -10,6 +10,10 @@
 #include <openssl/evp.h>
 
 #include <array>
+#include <map>
+#include <mutex>
+#include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -17,6 +21,7 @@
 
 #include "common/error.h"
 #include "fixtures.h"
+#include "generate/continuous_batch.h"
 #include "model/weight_share.h"
 #include "serve/api.h"
 #include "serve/chat.h"
@@ -84,14 +89,14 @@ struct Running {
   std::unique_ptr<serve::Server> server;
   std::thread thread;
   TempDir images;
-  explicit Running(const std::string& api_key = "") {
+  explicit Running(const std::string& api_key = "", serve::Engine::Options eo = {8, 4}) {
     model::WeightShare::clear();
     model::WeightShare::enable(true);  // as vadapt serve: one copy of the frozen base
     std::vector<std::pair<std::string, std::unique_ptr<vlm::VisionLanguageModel>>> models;
     models.emplace_back("llava", std::make_unique<vlm::VisionLanguageModel>(w.spec("projector")));
     models.emplace_back("palm2", std::make_unique<vlm::VisionLanguageModel>(palm2_spec(w)));
     for (auto& [n, m] : models) m->train_mode(false);
-    engine = std::make_unique<serve::Engine>(std::move(models), serve::Engine::Options{8, 4});
+    engine = std::make_unique<serve::Engine>(std::move(models), eo);
     serve::ServerOptions o;
     o.port = 0, o.api_key = api_key, o.max_body_bytes = 1 << 20;
     o.limits.image_dir = images.path();
@@ -165,6 +170,97 @@ TEST(ServeApi, BadRequestsNameTheField) {
   EXPECT_EQ(read_file(ok.images[0]), read_file(w.dir.file("img0.png")));
   EXPECT_EQ(ok.conv.turns[0].text.rfind(text::kImageTag, 0), 0u);
   EXPECT_EQ(ok.model, "m");
+}
+
+// Continuous batching with every method's adapter state (prefix keys kept from prefill, routes,
+// conditioning, resampled prefixes): requests joining a running batch at different steps, text-only
+// beside image requests where the method takes both, each equal to generating it alone.
+TEST(Serve, ContinuousBatchEqualsGeneratingAloneForEveryMethod) {
+  World w;
+  std::vector<std::pair<std::string, vlm::VlmSpec>> specs;
+  specs.emplace_back("llava", w.spec("lora"));
+  {
+    auto s = w.spec("projector");
+    s.method = "llama_adapter_v1", s.template_name = "alpaca";
+    s.options = {{"adapter_len", 2}, {"adapter_layer", 1}, {"visual_taps", std::vector<int64_t>{1, 3}}, {"visual_hidden", 16}};
+    specs.emplace_back("v1", s);
+  }
+  for (const char* fusion : {"early", "late"}) {
+    auto s = w.spec("projector");
+    s.method = "llama_adapter_v2", s.template_name = "alpaca";
+    s.options = {{"adapter_len", 3},    {"adapter_layer", 1}, {"fusion", fusion},  {"visual", true},   {"visual_width", 16},
+                 {"visual_queries", 3}, {"visual_blocks", 1}, {"visual_heads", 2}, {"bias_form", "bias"}};
+    specs.emplace_back(std::string("v2-") + fusion, s);
+  }
+  {
+    auto s = w.spec("projector");
+    s.method = "lavin", s.template_name = "lavin", s.preprocess = "imagenet32";
+    s.options = {{"adapter_dim", 4}, {"tap_every", 1}, {"hidden_proj", 16}, {"temperature", 2.0}};
+    specs.emplace_back("lavin", s);
+  }
+  specs.emplace_back("palm2", palm2_spec(w));
+  for (auto& [name, spec] : specs) {
+    SCOPED_TRACE(name);
+    vlm::VisionLanguageModel m(spec);
+    m.train_mode(false);
+    {
+      torch::NoGradGuard ng;
+      torch::manual_seed(5);
+      for (auto& [k, t] : m.trainable_state()) t.copy_(0.3 * torch::randn_like(t));  // every part matters
+    }
+    const bool text_ok = name == "lavin" || name == "llava";
+    struct Q {
+      std::string question, image;
+      int64_t max_new;
+      int join_at;
+    };
+    std::vector<Q> qs = {{"What colour?", w.dir.file("img0.png"), 8, 0}, {"Describe it.", w.dir.file("img1.png"), 3, 0},
+                         {"Is it red?", w.dir.file("img2.png"), 6, 2},   {"What is it?", w.dir.file("img3.png"), 5, 3}};
+    if (text_ok) qs.push_back({"Tell a story.", "", 7, 3});
+    auto prompt = [&](const Q& q) {
+      text::Conversation c;
+      c.turns.push_back({"user", (q.image.empty() ? "" : std::string(text::kImageTag) + "\n") + q.question});
+      return vlm::encode_query(m, {"t", c, q.image});
+    };
+    auto images = [](const Q& q) { return q.image.empty() ? std::vector<std::string>{} : std::vector<std::string>{q.image}; };
+    generate::ContinuousBatch cb(m.lm());
+    std::map<int64_t, size_t> row_of;
+    std::vector<std::vector<int64_t>> got(qs.size());
+    int64_t most = 0;
+    for (int step = 0; step < 30; ++step) {
+      std::vector<text::EncodedPrompt> ps;
+      std::vector<std::vector<std::string>> ims;
+      std::vector<generate::RowOptions> opts;
+      std::vector<size_t> which;
+      for (size_t i = 0; i < qs.size(); ++i)
+        if (qs[i].join_at == step) {
+          ps.push_back(prompt(qs[i])), ims.push_back(images(qs[i])), which.push_back(i);
+          generate::RowOptions o;
+          o.max_new_tokens = qs[i].max_new, o.stop_at_eos = false;
+          opts.push_back(o);
+        }
+      if (!ps.empty()) {
+        auto in = vlm::prepare_inputs(m, ps, ims);
+        ASSERT_TRUE(cb.can_join(in.state)) << "step " << step;
+        auto ids = cb.join(in.embeds, in.key_mask, &in.state, opts);
+        for (size_t k = 0; k < ids.size(); ++k) row_of[ids[k]] = which[k];
+      }
+      if (cb.empty()) continue;
+      most = std::max(most, cb.size());
+      cb.step([&](int64_t id, int64_t tok) {
+        got[row_of.at(id)].push_back(tok);
+        return true;
+      });
+    }
+    EXPECT_GE(most, 3);
+    for (size_t i = 0; i < qs.size(); ++i) {
+      auto in = vlm::prepare_inputs(m, {prompt(qs[i])}, {images(qs[i])});
+      generate::GenerateOptions o;
+      o.max_new_tokens = qs[i].max_new, o.stop_at_eos = false;
+      auto alone = generate::Generator(m.lm()).generate_embeds(in.embeds, in.key_mask, o, {}, &in.state);
+      EXPECT_EQ(got[i], alone.tokens[0]) << "request " << i;
+    }
+  }
 }
 
 TEST(Serve, AnswersEqualThePipelineForTwoAdaptersAtOnce) {
@@ -256,8 +352,13 @@ TEST(Serve, StreamsServerSentEventsAndSurvivesBadClients) {
   // Errors: each a JSON error with its status; the server keeps answering.
   expect_error(c.Post("/v1/chat/completions", "{oops", "application/json"), 400, "not valid JSON");
   expect_error(c.Post("/v1/chat/completions", chat_body("nope", "hi", "").dump(), "application/json"), 404, "'nope'");
-  expect_error(c.Post("/v1/chat/completions", chat_body("llava", "hi", "data:image/png;base64," + b64("GIF89a-garbage")).dump(), "application/json"),
+  expect_error(c.Post("/v1/chat/completions", chat_body("llava", "hi", "data:image/png;base64," + b64(std::string("GIF89a\0\0\0\0-garbage", 16))).dump(),
+                      "application/json"),
                400, "not a readable image");
+  // A PNG whose header claims 20,000 x 20,000 pixels: refused from the header, before decoding.
+  std::string bomb("\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR\x00\x00\x4e\x20\x00\x00\x4e\x20\x08\x02\x00\x00\x00\x00\x00\x00\x00", 33);
+  expect_error(c.Post("/v1/chat/completions", chat_body("llava", "hi", "data:image/png;base64," + b64(bomb)).dump(), "application/json"), 413,
+               "image of 20000 x 20000 pixels exceeds the limit of 89478485 pixels (refused before decoding)");
   expect_error(c.Post("/v1/chat/completions", std::string(2 << 20, 'x'), "application/json"), 413, "exceeds");
   expect_error(c.Post("/v1/chat/completions", json{{"messages", json::array({{{"role", "user"}, {"content", "hi"}}})}}.dump(), "application/json"),
                400, "model");
@@ -330,4 +431,175 @@ TEST(Serve, AdaptersShareTheFrozenBaseWeightsAndNeverWriteThem) {
   lora.train_mode(false), alone.train_mode(false);
   auto b = vadapt::test::batch_of(lora, samples, {0, 9});
   EXPECT_TRUE(vadapt::test::tensors_equal(vadapt::test::logits_of(lora, b), vadapt::test::logits_of(alone, b)));
+}
+
+namespace {
+// stdout of a shell command and its exit status.
+std::pair<int, std::string> run_command(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return {-1, ""};
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128, out};
+}
+
+// The npm packages scripts/setup.sh installs for the client tests, or a reason to skip.
+std::string node_clients_missing(const std::string& package) {
+  if (run_command("node --version >/dev/null 2>&1").first != 0) return "node is not installed (scripts/setup.sh installs nodejs)";
+  const std::string dir = std::string(VADAPT_SOURCE_DIR) + "/tests/node/node_modules/" + package;
+  if (!std::ifstream(dir + "/package.json")) return "the npm package '" + package + "' is not installed in tests/node (run scripts/setup.sh)";
+  return "";
+}
+
+std::string artifacts_dir() {
+  const char* e = std::getenv("VADAPT_TEST_ARTIFACTS");
+  const std::string d = e && *e ? e : "test-artifacts";
+  std::filesystem::create_directories(d);
+  return d;
+}
+}  // namespace
+
+// A client we did not write: the official openai npm package lists the models, chats with an
+// image (data: URL) with and without streaming, and gets the server's 404 as its own error type.
+TEST(Serve, OfficialOpenaiNpmClient) {
+  if (auto why = node_clients_missing("openai"); !why.empty()) GTEST_SKIP() << why;
+  Running s;
+  World& w = s.w;
+  vlm::VisionLanguageModel llava(w.spec("projector"));
+  llava.train_mode(false);
+  const std::string want = as_served(direct_answer(llava, "What colour?", w.dir.file("img1.png"), 6));
+  const std::string cmd = "node " + std::string(VADAPT_SOURCE_DIR) + "/tests/node/openai_client.mjs http://127.0.0.1:" +
+                          std::to_string(s.server->port()) + "/v1 llava " + w.dir.file("img1.png") + " 2>&1";
+  auto [rc, out] = run_command(cmd);
+  ASSERT_EQ(rc, 0) << out;
+  auto j = json::parse(out);
+  EXPECT_EQ(j["models"], json::array({"llava", "palm2"}));
+  EXPECT_EQ(j["chat"], want);
+  EXPECT_EQ(j["stream"], want);
+  EXPECT_GE(j["chunks"].get<int>(), 2) << "a streamed answer arrives in chunks";
+  EXPECT_GT(j["usage"]["prompt_tokens"].get<int>(), 0);
+  EXPECT_EQ(j["error_status"], 404);
+  EXPECT_NE(j["error_message"].get<std::string>().find("no-such-model"), std::string::npos) << out;
+}
+
+// The chat page in headless Chromium (Debian's, driven by playwright-core): pick up the models,
+// attach an image (thumbnail shown), ask, see the answer stream in; a screenshot is kept.
+TEST(Serve, ChatPageInHeadlessChromium) {
+  if (auto why = node_clients_missing("playwright-core"); !why.empty()) GTEST_SKIP() << why;
+  if (!std::ifstream("/usr/bin/chromium")) GTEST_SKIP() << "Debian's chromium is not installed (scripts/setup.sh installs it)";
+  Running s;
+  World& w = s.w;
+  const std::string shot = std::filesystem::absolute(artifacts_dir() + "/chat_page.png").string();
+  std::filesystem::remove(shot);
+  const std::string cmd = "node " + std::string(VADAPT_SOURCE_DIR) + "/tests/node/page_test.mjs http://127.0.0.1:" +
+                          std::to_string(s.server->port()) + "/ " + w.dir.file("img1.png") + " " + shot + " 2>&1";
+  auto [rc, out] = run_command(cmd);
+  ASSERT_EQ(rc, 0) << out;
+  auto j = json::parse(out.substr(out.rfind("\n{") == std::string::npos ? 0 : out.rfind("\n{") + 1));
+  EXPECT_EQ(j["models"], json::array({"llava", "palm2"}));
+  EXPECT_TRUE(j["thumbnail"].get<bool>());
+  EXPECT_EQ(j["user_thumbnail"], 1);
+  EXPECT_TRUE(j["preview_hidden_after_send"].get<bool>()) << "the attachment preview clears once sent";
+  EXPECT_TRUE(j["answer_fits"].get<bool>()) << "long answers wrap inside the log";
+  EXPECT_FALSE(j["answer"].get<std::string>().empty());
+  EXPECT_GE(j["updates"].get<int>(), 2) << "the answer streams in: " << out;
+  EXPECT_TRUE(j["errors_shown"].empty()) << out;
+  EXPECT_TRUE(j["page_errors"].empty()) << out;
+  EXPECT_TRUE(j["external_requests"].empty()) << "the page is self-contained: " << out;
+  EXPECT_GT(std::filesystem::file_size(shot), 1000u) << "screenshot kept at " << shot;
+}
+
+namespace {
+int64_t rss_bytes() {
+  std::ifstream in("/proc/self/statm");
+  int64_t pages = 0, resident = 0;
+  in >> pages >> resident;
+  return resident * 4096;
+}
+int64_t metric(const std::string& text, const std::string& name) {
+  std::smatch m;
+  if (!std::regex_search(text, m, std::regex("\n" + name + " ([0-9.e+]+)"))) return -1;
+  return static_cast<int64_t>(std::stod(m[1]));
+}
+}  // namespace
+
+// 64 clients at once, twice, against a queue of 32 and batches of 8: plain and streamed chats to
+// both adapters with several sampling settings, clients that leave mid-stream, malformed bodies.
+// Every answer is a 200 equal to the pipeline's (greedy ones), a 429 while the queue is full, or the
+// 4xx it should be; nothing hangs, the queue drains, requests join running batches, and memory
+// stays bounded (the second round grows the process by less than 64 MiB).
+TEST(Serve, SixtyFourClientsTwiceWithBoundedMemory) {
+  Running s("", {32, 8});
+  World& w = s.w;
+  vlm::VisionLanguageModel llava(w.spec("projector"));
+  llava.train_mode(false);
+  std::array<std::string, 4> want;
+  for (int i = 0; i < 4; ++i) want[static_cast<size_t>(i)] = as_served(direct_answer(llava, "What colour?", w.dir.file("img" + std::to_string(i) + ".png"), 6));
+  std::array<std::string, 4> urls;
+  for (int i = 0; i < 4; ++i) urls[static_cast<size_t>(i)] = data_url(w.dir.file("img" + std::to_string(i) + ".png"));
+  int64_t rss_after_first = 0;
+  for (int round = 0; round < 2; ++round) {
+    std::mutex mu;
+    std::map<int, int> statuses;
+    std::vector<std::string> wrong;
+    std::vector<std::thread> clients;
+    for (int i = 0; i < 64; ++i)
+      clients.emplace_back([&, i] {
+        auto cl = s.client();
+        const int kind = i % 8;
+        int status = 0;
+        std::string problem;
+        if (kind == 7) {  // malformed
+          auto r = cl.Post("/v1/chat/completions", "{\"model\": \"llava\", \"messages\": [", "application/json");
+          status = r ? r->status : -1;
+          if (status != 400) problem = "malformed body: " + std::to_string(status);
+        } else if (kind == 6) {  // leaves after the first event
+          auto body = chat_body("llava", "What colour?", urls[static_cast<size_t>(i % 4)], true);
+          body["max_tokens"] = 100;
+          httplib::Request rq;
+          rq.method = "POST", rq.path = "/v1/chat/completions", rq.body = body.dump();
+          rq.set_header("Content-Type", "application/json");
+          int chunks = 0;
+          rq.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
+          cl.send(rq);
+          status = 499;
+        } else {
+          auto body = chat_body(kind % 2 ? "palm2" : "llava", "What colour?", urls[static_cast<size_t>(i % 4)], kind == 2);
+          if (kind == 4) body["temperature"] = 0.9, body["seed"] = i, body["max_tokens"] = 3 + i % 5;
+          auto r = cl.Post("/v1/chat/completions", body.dump(), "application/json");
+          status = r ? r->status : -1;
+          if (status == 200 && kind == 0) {
+            const auto got = json::parse(r->body)["choices"][0]["message"]["content"].get<std::string>();
+            if (got != want[static_cast<size_t>(i % 4)]) problem = "answer " + got + " != " + want[static_cast<size_t>(i % 4)];
+          } else if (status == 200 && kind == 2) {
+            if (r->body.find("data: [DONE]") == std::string::npos) problem = "stream without [DONE]";
+          } else if (status != 200 && status != 429) {
+            problem = "status " + std::to_string(status) + (r ? " " + r->body : "");
+          }
+        }
+        std::lock_guard<std::mutex> l(mu);
+        ++statuses[status];
+        if (!problem.empty()) wrong.push_back(std::to_string(i) + ": " + problem);
+      });
+    for (auto& t : clients) t.join();
+    EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong, first: " << wrong[0];
+    EXPECT_GE(statuses[200], 32) << "round " << round;
+    EXPECT_EQ(statuses[400], 8);
+    // The queue drains and the server still answers.
+    auto c = s.client();
+    std::string metrics;
+    for (int k = 0; k < 100; ++k) {
+      metrics = c.Get("/metrics")->body;
+      if (metric(metrics, "vadapt_queue_depth") == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    EXPECT_EQ(metric(metrics, "vadapt_queue_depth"), 0) << metrics;
+    EXPECT_GT(metric(metrics, "vadapt_decode_rows_total"), metric(metrics, "vadapt_decode_steps_total")) << "requests shared decode steps";
+    EXPECT_EQ(c.Get("/health")->status, 200);
+    if (round == 0) rss_after_first = rss_bytes();
+  }
+  EXPECT_LT(rss_bytes() - rss_after_first, int64_t{64} << 20) << "the second round of 64 clients grew the process";
 }

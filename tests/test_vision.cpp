@@ -90,6 +90,36 @@ TEST(Image, CorruptTruncatedAndEmptyFilesGiveErrorsNamingTheFile) {
   EXPECT_NE(error_of([&] { vision::decode_image_file(tmp.file("missing.png")); }).find("missing.png"), std::string::npos);
 }
 
+// A JPEG cut short is refused as Pillow refuses it (or accepted with a warning when asked); a
+// header that claims more pixels than the limit is refused before decoding, saying why.
+TEST(Image, TruncatedJpegAndDecompressionBombsAreRefused) {
+  std::string jpg;
+  auto img = gradient_image(96, 64);
+  ASSERT_TRUE(stbi_write_jpg_to_func([](void* c, void* d, int n) { static_cast<std::string*>(c)->append(static_cast<char*>(d), n); }, &jpg,
+                                     img.width, img.height, 3, img.rgb.data(), 90));
+  const auto* d = reinterpret_cast<const uint8_t*>(jpg.data());
+  EXPECT_EQ(vision::decode_image_bytes(d, jpg.size(), "whole.jpg").width, 96);
+  EXPECT_EQ(vision::image_size(d, jpg.size(), "whole.jpg"), (std::pair<int64_t, int64_t>{96, 64}));
+  const size_t cut = jpg.size() * 2 / 3;
+  EXPECT_NE(error_of([&] { vision::decode_image_bytes(d, cut, "cut.jpg"); }).find("cut.jpg: truncated JPEG"), std::string::npos);
+  vision::DecodeOptions lenient;
+  lenient.allow_truncated = true;
+  EXPECT_EQ(vision::decode_image_bytes(d, cut, "cut.jpg", lenient).height, 64);
+  // A PNG header of 20,000 x 20,000 (400 M pixels > Pillow's 89,478,485).
+  std::string png("\x89PNG\r\n\x1a\n\x00\x00\x00\x0dIHDR", 16);
+  for (uint32_t v : {20000u, 20000u})
+    for (int k = 3; k >= 0; --k) png.push_back(static_cast<char>((v >> (8 * k)) & 0xFF));
+  png += std::string("\x08\x02\x00\x00\x00\x00\x00\x00\x00", 9);
+  const auto* p = reinterpret_cast<const uint8_t*>(png.data());
+  EXPECT_EQ(vision::image_size(p, png.size(), "bomb.png"), (std::pair<int64_t, int64_t>{20000, 20000}));
+  const auto e = error_of([&] { vision::decode_image_bytes(p, png.size(), "bomb.png"); });
+  EXPECT_NE(e.find("bomb.png: image of 20000x20000 = 400000000 pixels exceeds the limit of 89478485"), std::string::npos) << e;
+  EXPECT_NE(e.find("decompression bomb"), std::string::npos) << e;
+  vision::DecodeOptions small;
+  small.max_pixels = 96 * 64 - 1;
+  EXPECT_NE(error_of([&] { vision::decode_image_bytes(d, jpg.size(), "whole.jpg", small); }).find("exceeds the limit"), std::string::npos);
+}
+
 TEST(Resample, IdentityConstantAndShape) {
   auto img = gradient_image(40, 30);
   auto same = vision::resize_pil(img, 40, 30, vision::Filter::kBicubic);

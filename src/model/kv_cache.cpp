@@ -30,4 +30,56 @@ void KVCache::select_rows(const torch::Tensor& index) {
   for (auto& t : v_) t.copy_(t.index_select(0, index));
 }
 
+KVCache KVCache::from_layers(std::vector<torch::Tensor> k, std::vector<torch::Tensor> v, int64_t capacity) {
+  KVCache c;
+  c.batch_ = k.empty() ? 0 : k[0].size(0);
+  c.length_ = k.empty() ? 0 : k[0].size(2);
+  c.capacity_ = std::max(capacity, c.length_);
+  for (size_t i = 0; i < k.size(); ++i) {
+    for (auto* t : {&k[i], &v[i]}) {
+      auto s = t->sizes().vec();
+      s[2] = c.capacity_;
+      auto buf = torch::zeros(s, t->options());
+      buf.narrow(2, 0, c.length_).copy_(*t);
+      (t == &k[i] ? c.k_ : c.v_).push_back(buf);
+    }
+  }
+  return c;
+}
+
+KVCache KVCache::stack(const KVCache& a, const KVCache& b, int64_t capacity) {
+  if (a.k_.size() != b.k_.size()) throw VadaptError("KV cache: stacking caches of different depths");
+  const int64_t len = std::max(a.length_, b.length_);
+  auto right_aligned = [len](const torch::Tensor& t, int64_t have) {  // (B, kv, cap, D) -> (B, kv, len, D)
+    auto s = t.sizes().vec();
+    s[2] = len;
+    auto out = torch::zeros(s, t.options());
+    out.narrow(2, len - have, have).copy_(t.narrow(2, 0, have));
+    return out;
+  };
+  std::vector<torch::Tensor> k, v;
+  for (size_t i = 0; i < a.k_.size(); ++i) {
+    k.push_back(torch::cat({right_aligned(a.k_[i], a.length_), right_aligned(b.k_[i], b.length_)}, 0));
+    v.push_back(torch::cat({right_aligned(a.v_[i], a.length_), right_aligned(b.v_[i], b.length_)}, 0));
+  }
+  return from_layers(std::move(k), std::move(v), capacity);
+}
+
+void KVCache::keep(const torch::Tensor& index, int64_t from) {
+  TORCH_CHECK(from >= 0 && from <= length_, "KV cache: dropping ", from, " of ", length_, " entries");
+  std::vector<torch::Tensor> k, v;
+  for (size_t i = 0; i < k_.size(); ++i) {
+    k.push_back(k_[i].index_select(0, index.to(k_[i].device())).narrow(2, from, length_ - from));
+    v.push_back(v_[i].index_select(0, index.to(v_[i].device())).narrow(2, from, length_ - from));
+  }
+  *this = from_layers(std::move(k), std::move(v), capacity_);
+}
+
+void KVCache::reserve(int64_t capacity) {
+  if (capacity <= capacity_) return;
+  std::vector<torch::Tensor> k, v;
+  for (size_t i = 0; i < k_.size(); ++i) k.push_back(k_[i].narrow(2, 0, length_)), v.push_back(v_[i].narrow(2, 0, length_));
+  *this = from_layers(std::move(k), std::move(v), capacity);
+}
+
 }  // namespace vadapt::model

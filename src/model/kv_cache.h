@@ -24,9 +24,24 @@ class KVCache {
   // Keeps only the batch rows in `index` (beam search reorders), in place.
   void select_rows(const torch::Tensor& index);
 
+  // Continuous batching (rows join and leave between decode steps). All three keep the rows
+  // right-aligned: a row's entries always end at length().
+  // `a` over `b` as one cache of max(a.length, b.length) entries (the shorter one's rows
+  // left-padded with zeros, which the caller masks) and `capacity` (at least that length).
+  static KVCache stack(const KVCache& a, const KVCache& b, int64_t capacity);
+  // Keeps the rows in `index` and drops the first `from` entries of every row (padding that no
+  // kept row attends to any more).
+  void keep(const torch::Tensor& index, int64_t from);
+  // Grows the capacity (copying what is held) when it is below `capacity`.
+  void reserve(int64_t capacity);
+
  private:
+  KVCache() = default;
+  // New buffers of `capacity` holding `length` entries: `rows` of each layer's k / v (B, kv, length, D).
+  static KVCache from_layers(std::vector<torch::Tensor> k, std::vector<torch::Tensor> v, int64_t capacity);
+
   std::vector<torch::Tensor> k_, v_;
-  int64_t batch_, capacity_, length_ = 0;
+  int64_t batch_ = 0, capacity_ = 0, length_ = 0;
 };
 
 }  // namespace vadapt::model

@@ -41,6 +41,31 @@ struct AdapterState {
     pick(modality);
     for (auto& kv : kept) pick(kv.second);
   }
+  // Whether rows with state `b` can run in one batch with rows with state `a` (continuous
+  // batching): the same fields and kept keys, of the same shapes but for the rows, and the same
+  // position offsets.
+  static bool stackable(const AdapterState& a, const AdapterState& b) {
+    auto same = [](const torch::Tensor& x, const torch::Tensor& y) {
+      if (x.defined() != y.defined()) return false;
+      if (!x.defined()) return true;
+      return x.dim() == y.dim() && x.dim() > 0 && x.sizes().slice(1) == y.sizes().slice(1) && x.scalar_type() == y.scalar_type();
+    };
+    if (!same(a.condition, b.condition) || !same(a.modality, b.modality) || a.kept.size() != b.kept.size()) return false;
+    for (const auto& [k, t] : a.kept) {
+      auto it = b.kept.find(k);
+      if (it == b.kept.end() || !same(t, it->second)) return false;
+    }
+    return a.position_offset == b.position_offset && a.decode_position_offset == b.decode_position_offset;
+  }
+  // a's rows then b's (stackable(a, b) must hold).
+  static AdapterState stack(const AdapterState& a, const AdapterState& b) {
+    AdapterState out = a;
+    auto cat = [](const torch::Tensor& x, const torch::Tensor& y) { return x.defined() ? torch::cat({x, y.to(x.device())}, 0) : x; };
+    out.condition = cat(a.condition, b.condition);
+    out.modality = cat(a.modality, b.modality);
+    for (auto& [k, t] : out.kept) t = cat(t, b.kept.at(k));
+    return out;
+  }
 };
 
 // Per-call state threaded through a forward pass.

@@ -91,15 +91,21 @@ std::string store_image(const std::string& url, const std::string& f, const Limi
     bytes.assign(std::istreambuf_iterator<char>(in), {});
   }
   if (bytes.size() > limits.max_image_bytes) throw ApiError(413, f + ": image larger than " + std::to_string(limits.max_image_bytes) + " bytes", f);
-  vision::Image img;
+  // The size from the header first: a decompression bomb is refused before any pixel is decoded.
+  const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
   try {
-    img = vision::decode_image_bytes(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), f);
+    const auto [w, h] = vision::image_size(data, bytes.size(), f);
+    if (w * h > limits.max_image_pixels)
+      throw ApiError(413, f + ": image of " + std::to_string(w) + " x " + std::to_string(h) + " pixels exceeds the limit of " +
+                              std::to_string(limits.max_image_pixels) + " pixels (refused before decoding)", f);
+    vision::DecodeOptions o;
+    o.max_pixels = limits.max_image_pixels;
+    vision::decode_image_bytes(data, bytes.size(), f, o);  // whole and readable, so the worker never meets a bad image
+  } catch (const ApiError&) {
+    throw;
   } catch (const std::exception& e) {
     bad(f, std::string("not a readable image (JPEG, PNG, WebP, GIF, BMP): ") + e.what());
   }
-  if (static_cast<int64_t>(img.width) * img.height > limits.max_image_pixels)
-    bad(f, "image of " + std::to_string(img.width) + " x " + std::to_string(img.height) + " pixels exceeds the limit of " +
-               std::to_string(limits.max_image_pixels));
   // Content-addressed: the same image is one file (and one feature-cache entry).
   fs::create_directories(limits.image_dir);
   const std::string path = limits.image_dir + "/" + vision::sha256_hex(bytes) + ".img";

@@ -108,104 +108,240 @@ void Engine::count_request(int status) {
   ++requests_by_status_[status];
 }
 
+struct Engine::Row {
+  std::shared_ptr<Job> job;
+  text::StreamDecoder decoder;
+  std::string so_far;  // the text, to find the stop strings in
+  std::vector<std::string> text_stops;
+  std::vector<int64_t> ids;
+};
+
 namespace {
-bool same_settings(const Request& a, const Request& b) {
-  return a.model == b.model && a.num_beams == 1 && b.num_beams == 1 && a.temperature == b.temperature && a.top_p == b.top_p &&
-         a.top_k == b.top_k && a.seed == b.seed && a.stop == b.stop && (a.images.size() > 1) == (b.images.size() > 1);
+generate::SamplingParams sampling_of(const Request& r) {
+  return {r.temperature, r.top_k, r.top_p, r.seeded ? r.seed : static_cast<uint64_t>(Engine::now() * 1e6)};
+}
+
+void end_job(Job& j, const std::string& error) {
+  std::lock_guard<std::mutex> l(j.mu);
+  j.error = error, j.done = true;
+  j.cv.notify_all();
 }
 }  // namespace
 
-void Engine::loop() {
-  while (true) {
-    std::vector<std::shared_ptr<Job>> batch;
-    {
-      std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
-      if (stop_) return;
-      batch.push_back(queue_.front());
-      queue_.pop_front();
-      for (auto it = queue_.begin(); it != queue_.end() && static_cast<int64_t>(batch.size()) < o_.max_batch;) {
-        if (same_settings(batch[0]->req, (*it)->req)) batch.push_back(*it), it = queue_.erase(it);
-        else ++it;
-      }
-    }
-    batch.erase(std::remove_if(batch.begin(), batch.end(), [](const auto& j) {
-                  if (!j->cancelled) return false;
-                  std::lock_guard<std::mutex> l(j->mu);
-                  j->done = true, j->error = "cancelled";
-                  j->cv.notify_all();
-                  return true;
-                }),
-                batch.end());
-    if (!batch.empty()) run_batch(batch);
-  }
-}
-
-void Engine::run_batch(std::vector<std::shared_ptr<Job>>& jobs) {
-  const Request& r0 = jobs[0]->req;
-  auto& m = mutable_model(r0.model);
-  std::vector<text::EncodedPrompt> prompts;
-  std::vector<std::vector<std::string>> images;
-  int64_t max_new = 0;
-  for (auto& j : jobs) {
-    prompts.push_back(j->prompt);
-    images.push_back(j->req.images);
-    max_new = std::max(max_new, j->req.max_tokens);
-    images_encoded_ += static_cast<int64_t>(j->req.images.size());
-  }
-  generate::GenerateOptions opts;
-  opts.max_new_tokens = max_new;
-  opts.sampling = {r0.temperature, r0.top_k, r0.top_p, r0.seeded ? r0.seed : static_cast<uint64_t>(now() * 1e6)};
-  opts.num_beams = r0.num_beams;
-  opts.stop_strings = r0.stop;
-  if (m.tokenizer().eos_id() >= 0) opts.stop_ids.push_back(m.tokenizer().eos_id());
-  std::vector<text::StreamDecoder> decoders;
-  std::vector<int64_t> counts(jobs.size(), 0);
-  for (auto& j : jobs) decoders.emplace_back(m.tokenizer(), j->prompt.ids);
-  const double t0 = now();
-  try {
-    auto res = vlm::answer(m, prompts, images, opts, [&](int64_t row, int64_t id) {
-      auto& j = *jobs[static_cast<size_t>(row)];
-      if (j.cancelled) return false;
-      ++counts[static_cast<size_t>(row)];
-      const std::string piece = decoders[static_cast<size_t>(row)].push(id);
-      {
-        std::lock_guard<std::mutex> l(j.mu);
-        if (j.first_token_at == 0) j.first_token_at = now();
-        j.pending += piece;
-      }
-      j.cv.notify_all();
-      return counts[static_cast<size_t>(row)] < j.req.max_tokens;
-    });
-    for (size_t i = 0; i < jobs.size(); ++i) {
-      auto& j = *jobs[i];
-      auto ids = res.tokens[i];
-      if (static_cast<int64_t>(ids.size()) > j.req.max_tokens) ids.resize(static_cast<size_t>(j.req.max_tokens));
-      std::lock_guard<std::mutex> l(j.mu);
-      j.pending += decoders[i].flush();  // bytes held back for an incomplete character
+void Engine::finish(Job& j, const std::vector<int64_t>& ids_in, const std::string& error, const vlm::VisionLanguageModel& m) {
+  const double t = now();
+  std::vector<int64_t> ids = ids_in;
+  if (static_cast<int64_t>(ids.size()) > j.req.max_tokens) ids.resize(static_cast<size_t>(j.req.max_tokens));
+  {
+    std::lock_guard<std::mutex> l(j.mu);
+    if (!error.empty()) {
+      j.error = error;
+    } else {
+      auto texts = vlm::stop_rules(m, j.req.stop).texts;
+      const bool length = static_cast<int64_t>(ids.size()) >= j.req.max_tokens;
+      const size_t before = ids.size();
+      vlm::cut_at_stop_text(m.tokenizer(), ids, texts);
       j.text = m.tokenizer().decode(ids);
       j.completion_tokens = static_cast<int64_t>(ids.size());
-      j.finish_reason = j.completion_tokens >= j.req.max_tokens ? "length" : "stop";
-      if (j.first_token_at == 0) j.first_token_at = now();
-      j.done = true;
+      j.finish_reason = length && ids.size() == before ? "length" : "stop";
+      if (j.first_token_at == 0) j.first_token_at = t;
       tokens_generated_ += j.completion_tokens;
     }
-  } catch (const std::exception& e) {
-    log_warn(cat("serve: generation failed: ", e.what()));
-    for (auto& j : jobs) {
-      std::lock_guard<std::mutex> l(j->mu);
-      j->error = e.what(), j->done = true;
-    }
+    j.done = true;
   }
-  const double t1 = now();
   {
     std::lock_guard<std::mutex> l(mu_);
-    decode_seconds_ += t1 - t0;
-    ++batches_;
-    batched_requests_ += static_cast<int64_t>(jobs.size());
-    for (auto& j : jobs) ttft_.observe(j->first_token_at - j->queued_at), latency_.observe(t1 - j->queued_at);
+    if (error.empty()) ttft_.observe(j.first_token_at - j.queued_at), latency_.observe(t - j.queued_at);
   }
-  for (auto& j : jobs) j->cv.notify_all();
+  j.cv.notify_all();
+}
+
+bool Engine::admit(const std::vector<std::shared_ptr<Job>>& jobs, generate::ContinuousBatch& batch, std::map<int64_t, Row>& rows) {
+  auto& m = mutable_model(jobs[0]->req.model);
+  std::vector<text::EncodedPrompt> prompts;
+  std::vector<std::vector<std::string>> images;
+  for (const auto& j : jobs) prompts.push_back(j->prompt), images.push_back(j->req.images);
+  vlm::GenerationInputs in;
+  try {
+    in = vlm::prepare_inputs(m, prompts, images);  // the group's images encoded as one batch
+  } catch (const std::exception& e) {
+    if (jobs.size() == 1) {
+      log_warn(cat("serve: a request failed: ", e.what()));
+      end_job(*jobs[0], e.what());
+      return true;
+    }
+    bool all = true;  // find the request at fault: each on its own
+    for (const auto& j : jobs) all = admit({j}, batch, rows) && all;
+    return all;
+  }
+  if (!batch.can_join(in.state)) return false;
+  std::vector<generate::RowOptions> opts;
+  std::vector<std::vector<std::string>> texts;
+  for (const auto& j : jobs) {
+    auto rules = vlm::stop_rules(m, j->req.stop);
+    generate::RowOptions o;
+    o.sampling = sampling_of(j->req);
+    o.max_new_tokens = j->req.max_tokens;
+    o.stop_ids = rules.ids;
+    if (m.tokenizer().eos_id() >= 0) o.stop_ids.push_back(m.tokenizer().eos_id());
+    opts.push_back(o), texts.push_back(rules.texts);
+  }
+  const double t0 = now();
+  std::vector<int64_t> ids;
+  try {
+    ids = batch.join(in.embeds, in.key_mask, &in.state, opts);
+  } catch (const std::exception& e) {
+    log_warn(cat("serve: prefill failed: ", e.what()));
+    for (const auto& j : jobs) end_job(*j, e.what());
+    return true;
+  }
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    images_encoded_ += static_cast<int64_t>(jobs[i]->req.images.size());
+    rows.emplace(ids[i], Row{jobs[i], text::StreamDecoder(m.tokenizer(), jobs[i]->prompt.ids), "", texts[i], {}});
+  }
+  ++joins_;
+  std::lock_guard<std::mutex> l(mu_);
+  decode_seconds_ += now() - t0;
+  return true;
+}
+
+void Engine::loop() {
+  std::unique_ptr<generate::ContinuousBatch> batch;
+  std::string batch_model;
+  std::map<int64_t, Row> rows;
+  std::vector<std::shared_ptr<Job>> held;  // popped, but their state cannot join the running rows
+  while (true) {
+    std::vector<std::shared_ptr<Job>> joining;
+    std::shared_ptr<Job> beam;
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      cv_.wait(l, [&] { return stop_ || !queue_.empty() || !rows.empty() || !held.empty(); });
+      if (stop_) break;
+      if (rows.empty()) batch_model.clear();
+      if (rows.empty() && !held.empty()) {
+        joining.swap(held);
+        batch_model = joining[0]->req.model;
+      }
+      // First in, first served: requests join while the oldest queued one is for the model being
+      // decoded; one for another model (or a beam search) waits until this batch drains.
+      while (!queue_.empty() && held.empty() && static_cast<int64_t>(rows.size() + joining.size()) < o_.max_batch) {
+        auto j = queue_.front();
+        if (j->cancelled) {
+          queue_.pop_front();
+          end_job(*j, "cancelled");
+          continue;
+        }
+        if (j->req.num_beams > 1) {
+          if (rows.empty() && joining.empty()) beam = j, queue_.pop_front();
+          break;
+        }
+        if (!batch_model.empty() && j->req.model != batch_model) break;
+        batch_model = j->req.model;
+        joining.push_back(j);
+        queue_.pop_front();
+      }
+    }
+    if (beam) {
+      run_beam(beam);
+      continue;
+    }
+    auto& m = mutable_model(batch_model.empty() ? (joining.empty() ? models_[0].first : joining[0]->req.model) : batch_model);
+    if (!batch || rows.empty()) batch = std::make_unique<generate::ContinuousBatch>(m.lm());
+    if (!joining.empty() && !admit(joining, *batch, rows)) held = std::move(joining);
+    if (rows.empty()) continue;
+    // Rows whose request was cancelled leave before the step.
+    for (auto it = rows.begin(); it != rows.end();) {
+      if (!it->second.job->cancelled) {
+        ++it;
+        continue;
+      }
+      batch->drop(it->first);
+      end_job(*it->second.job, "cancelled");
+      it = rows.erase(it);
+    }
+    if (rows.empty()) continue;
+    const double t0 = now();
+    const int64_t n = batch->size();
+    std::vector<int64_t> ended;
+    try {
+      ended = batch->step([&](int64_t id, int64_t tok) {
+        auto& r = rows.at(id);
+        auto& j = *r.job;
+        if (j.cancelled) return false;
+        r.ids.push_back(tok);
+        const std::string piece = r.decoder.push(tok);
+        {
+          std::lock_guard<std::mutex> l(j.mu);
+          if (j.first_token_at == 0) j.first_token_at = now();
+          j.pending += piece;
+        }
+        j.cv.notify_all();
+        if (r.text_stops.empty()) return true;
+        r.so_far += piece;
+        for (const auto& s : r.text_stops)
+          if (r.so_far.find(s) != std::string::npos) return false;
+        return true;
+      });
+    } catch (const std::exception& e) {
+      log_warn(cat("serve: generation failed: ", e.what()));
+      for (auto& [id, r] : rows) end_job(*r.job, e.what());
+      rows.clear();
+      batch.reset();
+      continue;
+    }
+    ++decode_steps_;
+    decode_rows_ += n;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      decode_seconds_ += now() - t0;
+      batch_rows_.observe(static_cast<double>(n));
+    }
+    for (auto id : ended) {
+      auto it = rows.find(id);
+      auto& r = it->second;
+      {
+        std::lock_guard<std::mutex> l(r.job->mu);
+        r.job->pending += r.decoder.flush();  // bytes held back for an incomplete character
+      }
+      if (r.job->cancelled) end_job(*r.job, "cancelled");
+      else finish(*r.job, r.ids, "", m);
+      rows.erase(it);
+    }
+  }
+  for (auto& [id, r] : rows) end_job(*r.job, "cancelled");
+  for (auto& j : held) end_job(*j, "cancelled");
+}
+
+void Engine::run_beam(const std::shared_ptr<Job>& job) {
+  Job& j = *job;
+  auto& m = mutable_model(j.req.model);
+  generate::GenerateOptions opts;
+  opts.max_new_tokens = j.req.max_tokens;
+  opts.num_beams = j.req.num_beams;
+  opts.stop_strings = j.req.stop;
+  if (m.tokenizer().eos_id() >= 0) opts.stop_ids.push_back(m.tokenizer().eos_id());
+  text::StreamDecoder decoder(m.tokenizer(), j.prompt.ids);
+  const double t0 = now();
+  try {
+    images_encoded_ += static_cast<int64_t>(j.req.images.size());
+    auto res = vlm::answer(m, {j.prompt}, std::vector<std::vector<std::string>>{j.req.images}, opts, [&](int64_t, int64_t id) {
+      const std::string piece = decoder.push(id);
+      std::lock_guard<std::mutex> l(j.mu);
+      if (j.first_token_at == 0) j.first_token_at = now();
+      j.pending += piece;
+      return true;
+    });
+    {
+      std::lock_guard<std::mutex> l(j.mu);
+      j.pending += decoder.flush();
+    }
+    finish(j, res.tokens[0], "", m);
+  } catch (const std::exception& e) {
+    log_warn(cat("serve: generation failed: ", e.what()));
+    end_job(j, e.what());
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  decode_seconds_ += now() - t0;
 }
 
 std::string Engine::metrics_text() const {
@@ -220,9 +356,13 @@ std::string Engine::metrics_text() const {
   o << "# HELP vadapt_queue_depth Requests waiting.\n# TYPE vadapt_queue_depth gauge\nvadapt_queue_depth " << queue_.size() << "\n";
   o << "# HELP vadapt_images_encoded_total Images encoded.\n# TYPE vadapt_images_encoded_total counter\n"
     << "vadapt_images_encoded_total " << images_encoded_ << "\n";
-  o << "# HELP vadapt_batches_total Generation batches run.\n# TYPE vadapt_batches_total counter\nvadapt_batches_total " << batches_ << "\n";
-  o << "# HELP vadapt_batched_requests_total Requests generated in those batches.\n# TYPE vadapt_batched_requests_total counter\n"
-    << "vadapt_batched_requests_total " << batched_requests_ << "\n";
+  o << "# HELP vadapt_decode_steps_total Decode steps run (each over every running request).\n# TYPE vadapt_decode_steps_total counter\n"
+    << "vadapt_decode_steps_total " << decode_steps_ << "\n";
+  o << "# HELP vadapt_decode_rows_total Request rows over all decode steps.\n# TYPE vadapt_decode_rows_total counter\n"
+    << "vadapt_decode_rows_total " << decode_rows_ << "\n";
+  o << "# HELP vadapt_joins_total Groups of requests that joined a running batch.\n# TYPE vadapt_joins_total counter\n"
+    << "vadapt_joins_total " << joins_ << "\n";
+  o << batch_rows_.prometheus("vadapt_batch_rows", "Requests per decode step.");
   int64_t hits = 0;
   for (const auto& [n, m] : models_)
     if (m->feature_cache()) hits += m->feature_cache()->hits();

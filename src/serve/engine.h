@@ -1,8 +1,11 @@
 // The serving engine: named vision-language models (adapters), a bounded request queue and one
-// worker thread that runs every forward pass. Queued requests for the same model with the same
-// sampling settings are generated together as one left-padded batch (image encoding batched
-// too); each streams its own tokens and may be cancelled (client gone, timeout) without
-// stopping the others. Metrics for /metrics are kept here.
+// worker thread that runs every forward pass. Continuous batching: requests for the model being
+// decoded join the running batch between decode steps (queued ones prefilled together, their
+// images encoded as one batch) and leave it when they end, each with its own sampling settings,
+// budget and stop strings; a request for another model waits until that batch drains (first in,
+// first served), as does a beam-search request (run on its own). Each request streams its own
+// tokens and may be cancelled (client gone, timeout), which frees its row at the next step.
+// Metrics for /metrics are kept here.
 #pragma once
 
 #include <atomic>
@@ -15,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "generate/continuous_batch.h"
 #include "serve/api.h"
 #include "vlm/vision_language_model.h"
 
@@ -67,8 +71,13 @@ class Engine {
   static double now();
 
  private:
+  struct Row;  // a request in the running batch
   void loop();
-  void run_batch(std::vector<std::shared_ptr<Job>>& jobs);
+  void run_beam(const std::shared_ptr<Job>& job);
+  // Prepares and joins queued requests to the running batch; false when their adapter state cannot
+  // join it (they wait for the batch to drain).
+  bool admit(const std::vector<std::shared_ptr<Job>>& jobs, generate::ContinuousBatch& batch, std::map<int64_t, Row>& rows);
+  void finish(Job& j, const std::vector<int64_t>& ids, const std::string& error, const vlm::VisionLanguageModel& m);
   vlm::VisionLanguageModel& mutable_model(const std::string& name);
 
   std::vector<std::pair<std::string, std::unique_ptr<vlm::VisionLanguageModel>>> models_;
@@ -80,8 +89,9 @@ class Engine {
   std::thread worker_;
   // Metrics.
   std::map<int, int64_t> requests_by_status_;
-  std::atomic<int64_t> tokens_generated_{0}, images_encoded_{0}, batches_{0}, batched_requests_{0};
+  std::atomic<int64_t> tokens_generated_{0}, images_encoded_{0}, decode_steps_{0}, decode_rows_{0}, joins_{0};
   double decode_seconds_ = 0;  // under mu_
+  Histogram batch_rows_{{1, 2, 4, 8, 16, 32, 64}};  // rows per decode step
   Histogram ttft_{{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}}, latency_{{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120}};
 };
 

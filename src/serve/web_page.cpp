@@ -10,7 +10,7 @@ const std::string& web_page() {
 <style>
 body{font-family:system-ui,sans-serif;max-width:46rem;margin:1rem auto;padding:0 1rem;color:#222}
 #log{border:1px solid #ccc;border-radius:6px;min-height:12rem;padding:.5rem;overflow-y:auto;max-height:60vh}
-.msg{margin:.4rem 0;white-space:pre-wrap}.user{color:#134}.assistant{color:#142}.err{color:#a11}
+.msg{margin:.4rem 0;white-space:pre-wrap;overflow-wrap:anywhere}[hidden]{display:none!important}.user{color:#134}.assistant{color:#142}.err{color:#a11}
 img.thumb{max-height:6rem;display:block;margin:.2rem 0;border-radius:4px}
 #bar{display:flex;gap:.5rem;margin-top:.5rem;align-items:center;flex-wrap:wrap}
 #text{flex:1;min-width:12rem;padding:.4rem}

@@ -3,6 +3,8 @@
 #include "vision/image.h"
 
 #include <jpeglib.h>
+// after jpeglib.h, which it needs
+#include <jerror.h>
 #include <stb_image.h>
 #include <stb_image_write.h>
 #include <webp/decode.h>
@@ -14,22 +16,30 @@
 #include <memory>
 
 #include "common/error.h"
+#include "common/log.h"
 #include "io/atomic_file.h"
 
 namespace vadapt::vision {
 namespace {
 
-constexpr int kMaxSide = 32768;
-constexpr size_t kMaxPixels = 200u * 1000u * 1000u;
+constexpr int64_t kMaxSide = 65535;
 
-void check_size(int w, int h, const std::string& label) {
+void check_size(int64_t w, int64_t h, const std::string& label, const DecodeOptions& o) {
   if (w <= 0 || h <= 0) raise(label, "", "image has zero size (", w, "x", h, ")");
-  if (w > kMaxSide || h > kMaxSide || static_cast<size_t>(w) * h > kMaxPixels)
+  if (w > kMaxSide || h > kMaxSide)
     raise(label, "", "image of ", w, "x", h, " pixels is larger than the supported ", kMaxSide, " px per side");
+  if (o.max_pixels > 0 && w * h > o.max_pixels)
+    raise(label, "", "image of ", w, "x", h, " = ", w * h, " pixels exceeds the limit of ", o.max_pixels,
+          " pixels (a decompression bomb?); refused before decoding (raise the limit with --max-image-pixels)");
 }
+
+uint32_t be32(const uint8_t* p) { return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3]; }
+uint32_t le32(const uint8_t* p) { return (uint32_t{p[3]} << 24) | (uint32_t{p[2]} << 16) | (uint32_t{p[1]} << 8) | p[0]; }
+uint32_t le16(const uint8_t* p) { return (uint32_t{p[1]} << 8) | p[0]; }
 
 struct JpegError {
   jpeg_error_mgr mgr;
+  bool hit_eof = false;  // the data ended before the image (libjpeg warns, fills with grey)
   jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
 };
@@ -47,12 +57,18 @@ uint8_t muldiv255(int a, int b) {
 
 bool has_adobe_marker(jpeg_decompress_struct& c) { return c.saw_Adobe_marker; }
 
-Image decode_jpeg(const uint8_t* data, size_t size, const std::string& label) {
+// header_only: reads the size and stops (img.width / height set, no pixels).
+Image decode_jpeg(const uint8_t* data, size_t size, const std::string& label, const DecodeOptions& o, bool header_only) {
   jpeg_decompress_struct cinfo;
   JpegError err;
   cinfo.err = jpeg_std_error(&err.mgr);
   err.mgr.error_exit = jpeg_error_exit;
   err.mgr.output_message = [](j_common_ptr) {};
+  err.mgr.emit_message = [](j_common_ptr c, int level) {
+    if (level >= 0) return;  // trace messages
+    ++c->err->num_warnings;
+    if (c->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegError*>(c->err)->hit_eof = true;
+  };
   Image img;
   std::vector<uint8_t> row;
   if (setjmp(err.jump)) {
@@ -62,10 +78,15 @@ Image decode_jpeg(const uint8_t* data, size_t size, const std::string& label) {
   jpeg_create_decompress(&cinfo);
   jpeg_mem_src(&cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&cinfo, TRUE);
+  if (header_only) {
+    img.width = static_cast<int>(cinfo.image_width), img.height = static_cast<int>(cinfo.image_height);
+    jpeg_destroy_decompress(&cinfo);
+    return img;
+  }
+  check_size(cinfo.image_width, cinfo.image_height, label, o);
   const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
   cinfo.out_color_space = cmyk ? JCS_CMYK : (cinfo.num_components == 1 ? JCS_GRAYSCALE : JCS_RGB);
   jpeg_start_decompress(&cinfo);
-  check_size(static_cast<int>(cinfo.output_width), static_cast<int>(cinfo.output_height), label);
   img.width = static_cast<int>(cinfo.output_width);
   img.height = static_cast<int>(cinfo.output_height);
   img.format = "JPEG";
@@ -91,15 +112,23 @@ Image decode_jpeg(const uint8_t* data, size_t size, const std::string& label) {
       }
     }
   }
+  // libjpeg fills a truncated stream with grey and only warns; Pillow refuses it ("image file is
+  // truncated") unless LOAD_TRUNCATED_IMAGES is set: so do we.
+  const bool truncated = err.hit_eof;
   jpeg_finish_decompress(&cinfo);
   jpeg_destroy_decompress(&cinfo);
+  if (truncated) {
+    if (!o.allow_truncated)
+      raise(label, "", "truncated JPEG: the data ends before the image does (accept such images, grey-filled, with --allow-truncated-images)");
+    log_warn(cat(label, ": truncated JPEG, the missing part is grey (--allow-truncated-images)"));
+  }
   return img;
 }
 
-Image decode_webp(const uint8_t* data, size_t size, const std::string& label) {
+Image decode_webp(const uint8_t* data, size_t size, const std::string& label, const DecodeOptions& o) {
   int w = 0, h = 0;
   if (!WebPGetInfo(data, size, &w, &h)) raise(label, "", "corrupt WebP header");
-  check_size(w, h, label);
+  check_size(w, h, label, o);
   std::unique_ptr<uint8_t, void (*)(void*)> px(WebPDecodeRGB(data, size, &w, &h), WebPFree);
   if (!px) raise(label, "", "corrupt WebP data");
   Image img;
@@ -110,12 +139,14 @@ Image decode_webp(const uint8_t* data, size_t size, const std::string& label) {
   return img;
 }
 
-Image decode_stb(const uint8_t* data, size_t size, const std::string& label, const char* format) {
+Image decode_stb(const uint8_t* data, size_t size, const std::string& label, const char* format, const DecodeOptions& o) {
   int w = 0, h = 0, n = 0;
   if (size > static_cast<size_t>(INT32_MAX)) raise(label, "", "file too large");
+  auto [hw, hh] = image_size(data, size, label);  // from the header, before stb looks at it
+  check_size(hw, hh, label, o);
   if (!stbi_info_from_memory(data, static_cast<int>(size), &w, &h, &n))
     raise(label, "", "corrupt ", format, ": ", stbi_failure_reason() ? stbi_failure_reason() : "unknown error");
-  check_size(w, h, label);
+  check_size(w, h, label, o);
   std::unique_ptr<uint8_t, void (*)(void*)> px(stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &n, 0),
                                                stbi_image_free);
   if (!px) raise(label, "", "corrupt ", format, ": ", stbi_failure_reason() ? stbi_failure_reason() : "unknown error");
@@ -136,14 +167,50 @@ Image decode_stb(const uint8_t* data, size_t size, const std::string& label, con
 
 }  // namespace
 
-Image decode_image_bytes(const uint8_t* d, size_t n, const std::string& label) {
+DecodeOptions& default_decode_options() {
+  static DecodeOptions o;
+  return o;
+}
+
+std::pair<int64_t, int64_t> image_size(const uint8_t* d, size_t n, const std::string& label) {
   if (n == 0) raise(label, "", "empty image file (0 bytes)");
-  if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF) return decode_jpeg(d, n, label);
-  if (n >= 8 && std::memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) return decode_stb(d, n, label, "PNG");
-  if (n >= 6 && (std::memcmp(d, "GIF87a", 6) == 0 || std::memcmp(d, "GIF89a", 6) == 0)) return decode_stb(d, n, label, "GIF");
-  if (n >= 2 && d[0] == 'B' && d[1] == 'M') return decode_stb(d, n, label, "BMP");
-  if (n >= 12 && std::memcmp(d, "RIFF", 4) == 0 && std::memcmp(d + 8, "WEBP", 4) == 0) return decode_webp(d, n, label);
+  if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF) {
+    auto img = decode_jpeg(d, n, label, {}, /*header_only=*/true);
+    return {img.width, img.height};
+  }
+  if (n >= 8 && std::memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) {
+    if (n < 24 || std::memcmp(d + 12, "IHDR", 4) != 0) raise(label, "", "corrupt PNG: no IHDR header");
+    return {be32(d + 16), be32(d + 20)};
+  }
+  if (n >= 6 && (std::memcmp(d, "GIF87a", 6) == 0 || std::memcmp(d, "GIF89a", 6) == 0)) {
+    if (n < 10) raise(label, "", "corrupt GIF: truncated header");
+    return {le16(d + 6), le16(d + 8)};
+  }
+  if (n >= 2 && d[0] == 'B' && d[1] == 'M') {
+    if (n < 26) raise(label, "", "corrupt BMP: truncated header");
+    const auto h = static_cast<int32_t>(le32(d + 22));  // negative: top-down rows
+    return {static_cast<int32_t>(le32(d + 18)), h < 0 ? -static_cast<int64_t>(h) : h};
+  }
+  if (n >= 12 && std::memcmp(d, "RIFF", 4) == 0 && std::memcmp(d + 8, "WEBP", 4) == 0) {
+    int w = 0, h = 0;
+    if (!WebPGetInfo(d, n, &w, &h)) raise(label, "", "corrupt WebP header");
+    return {w, h};
+  }
   raise(label, "", "unrecognised image format (expected JPEG, PNG, WebP, GIF or BMP by content)");
+}
+
+Image decode_image_bytes(const uint8_t* d, size_t n, const std::string& label, const DecodeOptions& o) {
+  if (n == 0) raise(label, "", "empty image file (0 bytes)");
+  if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF) return decode_jpeg(d, n, label, o, false);
+  if (n >= 8 && std::memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) return decode_stb(d, n, label, "PNG", o);
+  if (n >= 6 && (std::memcmp(d, "GIF87a", 6) == 0 || std::memcmp(d, "GIF89a", 6) == 0)) return decode_stb(d, n, label, "GIF", o);
+  if (n >= 2 && d[0] == 'B' && d[1] == 'M') return decode_stb(d, n, label, "BMP", o);
+  if (n >= 12 && std::memcmp(d, "RIFF", 4) == 0 && std::memcmp(d + 8, "WEBP", 4) == 0) return decode_webp(d, n, label, o);
+  raise(label, "", "unrecognised image format (expected JPEG, PNG, WebP, GIF or BMP by content)");
+}
+
+Image decode_image_bytes(const uint8_t* d, size_t n, const std::string& label) {
+  return decode_image_bytes(d, n, label, default_decode_options());
 }
 
 Image decode_image_file(const std::string& path) {

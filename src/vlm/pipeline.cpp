@@ -14,12 +14,8 @@ text::EncodedPrompt encode_query(const VisionLanguageModel& m, const Query& q) {
   return enc;
 }
 
-namespace {
-
-// Prompts and images -> the method's inputs -> generation.
-generate::GenerateResult generate_for(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
-                                      const std::vector<std::vector<std::string>>& images, const generate::GenerateOptions& opts,
-                                      const generate::TokenCallback& on_token) {
+GenerationInputs prepare_inputs(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
+                                const std::vector<std::vector<std::string>>& images) {
   torch::NoGradGuard ng;
   if (images.size() != prompts.size()) throw VadaptError("answer: one list of images (possibly empty) per prompt");
   std::vector<std::vector<int64_t>> ids;
@@ -38,18 +34,31 @@ generate::GenerateResult generate_for(VisionLanguageModel& m, const std::vector<
   }
   auto in = m.method().prepare(batch_ids.to(m.device()), feats, image_rows);
   const bool padded = mask.min().item<int64_t>() == 0;
-  generate::Generator gen(m.lm());
-  return gen.generate_embeds(in.embeds, padded ? mask : torch::Tensor(), opts, on_token, &in.state);
+  return {in.embeds, padded ? mask : torch::Tensor(), std::move(in.state)};
 }
 
-// Where the first stop string starts in the decoded ids, or npos.
-size_t stop_at(const text::Tokenizer& tok, const std::vector<int64_t>& ids, const std::vector<std::string>& stops) {
-  const std::string t = tok.decode(ids);
-  size_t best = std::string::npos;
-  for (const auto& s : stops) best = std::min(best, t.find(s));
-  return best;
+StopRules stop_rules(const VisionLanguageModel& m, const std::vector<std::string>& extra) {
+  StopRules r;
+  auto stops = m.chat_template().stop_strings();
+  stops.insert(stops.end(), extra.begin(), extra.end());
+  for (const auto& s : stops) {
+    const int64_t id = m.tokenizer().token_to_id(s);
+    if (id >= 0) r.ids.push_back(id);
+    else r.texts.push_back(s);
+  }
+  return r;
 }
-}  // namespace
+
+void cut_at_stop_text(const text::Tokenizer& tok, std::vector<int64_t>& ids, const std::vector<std::string>& texts) {
+  if (texts.empty()) return;
+  const std::string t = tok.decode(ids);
+  size_t at = std::string::npos;
+  for (const auto& s : texts) at = std::min(at, t.find(s));
+  if (at == std::string::npos) return;
+  size_t j = ids.size();
+  while (j > 0 && tok.decode(std::vector<int64_t>(ids.begin(), ids.begin() + static_cast<long>(j))).size() > at) --j;
+  ids.resize(j);
+}
 
 generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::EncodedPrompt>& prompts,
                                 const std::vector<std::string>& images, const generate::GenerateOptions& opts,
@@ -67,14 +76,9 @@ generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::
   // single token of the vocabulary is a stop id; the others end a row once its text holds them,
   // and the answer is cut before them.
   generate::GenerateOptions opts = opts_in;
-  std::vector<std::string> text_stops;
-  auto stops = m.chat_template().stop_strings();
-  stops.insert(stops.end(), opts_in.stop_strings.begin(), opts_in.stop_strings.end());
-  for (const auto& s : stops) {
-    const int64_t id = m.tokenizer().token_to_id(s);
-    if (id >= 0) opts.stop_ids.push_back(id);
-    else text_stops.push_back(s);
-  }
+  const StopRules rules = stop_rules(m, opts_in.stop_strings);
+  const auto& text_stops = rules.texts;
+  opts.stop_ids.insert(opts.stop_ids.end(), rules.ids.begin(), rules.ids.end());
   // Each row's text so far, decoded incrementally (one token per step, not the whole row).
   std::vector<text::StreamDecoder> decoders(prompts.size(), text::StreamDecoder(m.tokenizer()));
   std::vector<std::string> so_far(prompts.size());
@@ -88,14 +92,10 @@ generate::GenerateResult answer(VisionLanguageModel& m, const std::vector<text::
         if (t.find(s) != std::string::npos) return false;
       return go_on;
     };
-  auto res = generate_for(m, prompts, images, opts, on_token);
-  for (auto& row : res.tokens) {
-    const size_t at = text_stops.empty() ? std::string::npos : stop_at(m.tokenizer(), row, text_stops);
-    if (at == std::string::npos) continue;
-    size_t j = row.size();
-    while (j > 0 && m.tokenizer().decode(std::vector<int64_t>(row.begin(), row.begin() + static_cast<long>(j))).size() > at) --j;
-    row.resize(j);
-  }
+  auto in = prepare_inputs(m, prompts, images);
+  generate::Generator gen(m.lm());
+  auto res = gen.generate_embeds(in.embeds, in.key_mask, opts, on_token, &in.state);
+  for (auto& row : res.tokens) cut_at_stop_text(m.tokenizer(), row, text_stops);
   return res;
 }
 

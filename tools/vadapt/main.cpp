@@ -524,6 +524,7 @@ int run_serve(const ServeArgs& a) {
   so.host = a.host, so.port = a.port, so.api_key = a.api_key, so.request_timeout_s = a.timeout;
   so.max_body_bytes = a.max_body_mb << 20;
   so.limits.max_tokens = a.max_tokens;
+  so.limits.max_image_pixels = vision::default_decode_options().max_pixels > 0 ? vision::default_decode_options().max_pixels : INT64_MAX;
   so.limits.allow_local_images = a.allow_local_images;
   char tmpl[] = "/tmp/vadapt-serve-XXXXXX";
   if (!::mkdtemp(tmpl)) throw VadaptError("serve: cannot create a folder for received images under /tmp");
@@ -549,8 +550,15 @@ int run_serve(const ServeArgs& a) {
 int main(int argc, char** argv) {
   CLI::App app{"vadapt: frozen vision + language models, small trainable adapters"};
   app.require_subcommand(1);
+  app.fallthrough();  // the global options (-q, --max-image-pixels, ...) also after the subcommand
   bool quiet = false, verbose = false;
   app.add_flag("-q,--quiet", quiet, "only errors on stderr");
+  auto& decode = vision::default_decode_options();
+  app.add_option("--max-image-pixels", decode.max_pixels,
+                 "refuse images with more pixels than this, read from the header before decoding (0: no limit; Pillow's default)")
+      ->capture_default_str();
+  app.add_flag("--allow-truncated-images", decode.allow_truncated,
+               "accept truncated JPEGs with a warning (the missing part grey), as Pillow's LOAD_TRUNCATED_IMAGES; default: an error");
   app.add_flag("-v,--verbose", verbose, "debug logging");
 
   GenerateArgs ga;
