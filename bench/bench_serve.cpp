@@ -18,6 +18,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "common/runtime.h"
 #include "io/path_vars.h"
 #include "serve/engine.h"
 #include "serve/server.h"
@@ -138,6 +139,7 @@ Result run(serve::Server& server, serve::Engine& engine, int64_t clients, int64_
 int main(int argc, char** argv) {
   std::string adapter, clients_arg = "1,8,32", batches_arg = "1,8";
   int64_t per_client = 4, max_tokens = 32;
+  configure_runtime(Workload::kInference);  // as vadapt serve
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
