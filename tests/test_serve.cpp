@@ -504,6 +504,7 @@ TEST(Serve, ChatPageInHeadlessChromium) {
   EXPECT_EQ(j["user_thumbnail"], 1);
   EXPECT_TRUE(j["preview_hidden_after_send"].get<bool>()) << "the attachment preview clears once sent";
   EXPECT_TRUE(j["answer_fits"].get<bool>()) << "long answers wrap inside the log";
+  EXPECT_TRUE(j["pasted_image_attached"].get<bool>()) << "an image pasted on the page is attached";
   EXPECT_FALSE(j["answer"].get<std::string>().empty());
   EXPECT_GE(j["updates"].get<int>(), 2) << "the answer streams in: " << out;
   EXPECT_TRUE(j["errors_shown"].empty()) << out;
@@ -527,7 +528,8 @@ int64_t metric(const std::string& text, const std::string& name) {
 }  // namespace
 
 // 64 clients at once, twice, against a queue of 32 and batches of 8: plain and streamed chats to
-// both adapters with several sampling settings, clients that leave mid-stream, malformed bodies.
+// both adapters with several sampling settings, clients that leave mid-stream, malformed bodies,
+// bodies over the limit, images that are not images.
 // Every answer is a 200 equal to the pipeline's (greedy ones), a 429 while the queue is full, or the
 // 4xx it should be; nothing hangs, the queue drains, requests join running batches, and memory
 // stays bounded (the second round grows the process by less than 64 MiB).
@@ -556,6 +558,15 @@ TEST(Serve, SixtyFourClientsTwiceWithBoundedMemory) {
           auto r = cl.Post("/v1/chat/completions", "{\"model\": \"llava\", \"messages\": [", "application/json");
           status = r ? r->status : -1;
           if (status != 400) problem = "malformed body: " + std::to_string(status);
+        } else if (kind == 5 && i % 16 == 5) {  // not an image
+          auto r = cl.Post("/v1/chat/completions", chat_body("llava", "What colour?", "data:image/png;base64," + b64("not an image at all")).dump(),
+                           "application/json");
+          status = r ? r->status : -1;
+          if (status != 400) problem = "bad image: " + std::to_string(status);
+        } else if (kind == 5) {  // over the body limit (1 MiB)
+          auto r = cl.Post("/v1/chat/completions", chat_body("llava", std::string(3 << 19, 'a'), "").dump(), "application/json");
+          status = r ? r->status : -1;
+          if (status != 413) problem = "oversized body: " + std::to_string(status);
         } else if (kind == 6) {  // leaves after the first event
           auto body = chat_body("llava", "What colour?", urls[static_cast<size_t>(i % 4)], true);
           body["max_tokens"] = 100;
@@ -586,8 +597,9 @@ TEST(Serve, SixtyFourClientsTwiceWithBoundedMemory) {
       });
     for (auto& t : clients) t.join();
     EXPECT_TRUE(wrong.empty()) << wrong.size() << " wrong, first: " << wrong[0];
-    EXPECT_GE(statuses[200], 32) << "round " << round;
-    EXPECT_EQ(statuses[400], 8);
+    EXPECT_GE(statuses[200], 24) << "round " << round;
+    EXPECT_EQ(statuses[400], 12);  // 8 malformed, 4 bad images
+    EXPECT_EQ(statuses[413], 4);
     // The queue drains and the server still answers.
     auto c = s.client();
     std::string metrics;

@@ -48,12 +48,18 @@ async function loadModels() {
     if (j.error) add("err", j.error.message);
   } catch (e) { add("err", String(e)); }
 }
-$("file").onchange = () => {
-  const f = $("file").files[0]; if (!f) return;
+function attach(f) {
+  if (!f || !f.type.startsWith("image/")) return false;
   const rd = new FileReader();
   rd.onload = () => { image = rd.result; $("preview").src = image; $("preview").hidden = false; };
   rd.readAsDataURL(f);
-};
+  return true;
+}
+$("file").onchange = () => attach($("file").files[0]);
+document.addEventListener("paste", ev => {  // an image pasted anywhere on the page is attached
+  for (const it of (ev.clipboardData ? ev.clipboardData.items : []))
+    if (it.kind === "file" && attach(it.getAsFile())) { ev.preventDefault(); return; }
+});
 $("reset").onclick = () => { messages = []; $("log").innerHTML = ""; };
 $("form").onsubmit = async ev => {
   ev.preventDefault();

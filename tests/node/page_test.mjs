@@ -50,6 +50,19 @@ try {
   out.page_errors = errors;
   out.external_requests = external;
   await page.screenshot({ path: screenshot, fullPage: true });
+  // Pasting an image (a ClipboardEvent carrying a PNG file) attaches it too.
+  out.pasted_image_attached = await page.evaluate(async () => {
+    const c = document.createElement('canvas');
+    c.width = c.height = 8;
+    c.getContext('2d').fillRect(0, 0, 8, 8);
+    const blob = await new Promise(r => c.toBlob(r, 'image/png'));
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], 'pasted.png', { type: 'image/png' }));
+    document.getElementById('preview').hidden = true;
+    document.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true }));
+    for (let i = 0; i < 50 && document.getElementById('preview').hidden; i++) await new Promise(r => setTimeout(r, 100));
+    return !document.getElementById('preview').hidden;
+  });
   out.screenshot = screenshot;
 } finally {
   await browser.close();
