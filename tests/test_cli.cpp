@@ -9,7 +9,17 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <sstream>
+#include <thread>
+
 #include "fixtures.h"
+#include "io/atomic_file.h"
 #include "io/safetensors.h"
 #include "train/recipe.h"
 
@@ -328,4 +338,79 @@ TEST(Cli, Palm2VAdapterProgressiveWithEveryCommand) {
   auto f = run_cli("generate --adapter " + tmp.file("lrun/s") + img + " --frame " + w.dir.file("img1.png") + " --prompt 'What colour?'");
   EXPECT_NE(f.rc, 0);
   EXPECT_NE(f.err.find("reads one image per prompt"), std::string::npos) << f.err;
+}
+
+namespace {
+// Starts `vadapt args` in the background (its own process, stdout/stderr to files); returns its pid.
+pid_t spawn_cli(const std::string& args, const std::string& log) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    const std::string cmd = "exec " + std::string(VADAPT_BINARY) + " " + args + " >/dev/null 2>" + log;
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+// The loss column of metrics.csv by step.
+std::map<int64_t, std::string> losses_of(const std::string& csv) {
+  std::map<int64_t, std::string> out;
+  std::ifstream in(csv);
+  std::string line;
+  std::getline(in, line);  // header
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+    if (f.size() >= 3) out[std::stoll(f[0])] = f[2];
+  }
+  return out;
+}
+int64_t rows_of(const std::string& csv) {
+  std::ifstream in(csv);
+  return std::max<int64_t>(0, static_cast<int64_t>(std::count(std::istreambuf_iterator<char>(in), {}, '\n')) - 1);
+}
+}  // namespace
+
+// kill -9 at several moments of a run that saves a checkpoint every step (so most kills land in
+// a step or in a save), then `--resume latest`: the run ends with the uninterrupted run's loss at
+// every step (each step logged once) and its final adapter bitwise; no partial checkpoint is
+// ever picked up.
+TEST(Cli, KilledRunsResumeToTheUninterruptedRun) {
+  vadapt::test::TinyVlmWorld w;
+  TempDir out;
+  auto recipe = [&](const std::string& name) {
+    const std::string path = write_lora_recipe(w, out.file(name + ".json"), 2, w.data);
+    auto r = nlohmann::json::parse(vadapt::io::read_text_file(path));
+    r["stages"][0]["train"]["max_steps"] = 30;
+    r["stages"][0]["train"]["save_every"] = 1;
+    r["stages"][0]["train"]["keep_last"] = 2;
+    vadapt::io::write_text_atomic(path, r.dump(2));
+    return path;
+  };
+  auto ref = run_cli("train --recipe " + recipe("ref") + " --out " + out.file("ref"));
+  ASSERT_EQ(ref.rc, 0) << ref.err;
+  const auto want = losses_of(out.file("ref/s/metrics.csv"));
+  ASSERT_EQ(want.size(), 30u);
+  for (int64_t kill_after : {2, 9, 17, 26}) {
+    SCOPED_TRACE(kill_after);
+    const std::string dir = out.file("k" + std::to_string(kill_after));
+    const std::string r = recipe("k" + std::to_string(kill_after));
+    const pid_t pid = spawn_cli("train --recipe " + r + " --out " + dir, dir + ".log");
+    const std::string csv = dir + "/s/metrics.csv";
+    bool killed = false;
+    for (int i = 0; i < 200000 && !killed; ++i) {
+      if (rows_of(csv) >= kill_after) killed = kill(pid, SIGKILL) == 0;
+      else std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    ASSERT_TRUE(killed && WIFSIGNALED(status)) << "the run ended before the kill: " << vadapt::io::read_text_file(dir + ".log");
+    auto resumed = run_cli("train --recipe " + r + " --out " + dir + " --resume latest");
+    ASSERT_EQ(resumed.rc, 0) << resumed.err;
+    EXPECT_EQ(losses_of(csv), want) << "every step once, with the uninterrupted run's loss";
+    EXPECT_EQ(rows_of(csv), 30);
+    auto a = vadapt::io::SafeTensorsFile::open(out.file("ref/s/adapter_model.safetensors"));
+    auto b = vadapt::io::SafeTensorsFile::open(dir + "/s/adapter_model.safetensors");
+    for (const auto& info : a->tensors()) EXPECT_TRUE(torch::equal(a->tensor(info.name), b->tensor(info.name))) << info.name;
+  }
 }

@@ -3,6 +3,8 @@
 // save -> load and save -> resume are bitwise, parameter counts from configs alone.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include <filesystem>
 #include <fstream>
 #include <numeric>
@@ -410,6 +412,43 @@ TEST(Trainer, ResumeContinuesTheSameLossCurveBitwise) {
   EXPECT_EQ(tc.losses()[1], ta.losses()[3]);
   auto sa = ma.trainable_state(), sc = mc.trainable_state();
   for (size_t i = 0; i < sa.size(); ++i) EXPECT_TRUE(vadapt::test::tensors_equal(sa[i].second, sc[i].second)) << sa[i].first;
+}
+
+// A NaN gradient with a finite loss (here from a hook on one parameter at step 3) stops the run
+// before the update, naming the step: the weights are those after step 2, and checkpoint-2 loads.
+TEST(Trainer, NanGradientStopsBeforeTheUpdateWithTheLastCheckpointIntact) {
+  World w;
+  auto samples = data::load_dataset(w.data, {});
+  train::TrainConfig cfg;
+  cfg.max_steps = 5;
+  cfg.batch_size = 2;
+  cfg.lr = 5e-3;
+  cfg.save_every = 1;
+  cfg.log_every = 1;
+  TempDir out;
+  cfg.out_dir = out.path();
+  vlm::VisionLanguageModel m(w.spec("lora"));
+  auto params = m.trainable_groups()[0].params;
+  int calls = 0;
+  params[0].register_hook([&](torch::Tensor g) { return ++calls >= 3 ? g * std::numeric_limits<float>::quiet_NaN() : g; });
+  train::Trainer t(m, samples, {}, cfg);
+  std::string err;
+  try {
+    t.fit();
+  } catch (const VadaptError& e) {
+    err = e.what();
+  }
+  EXPECT_NE(err.find("gradient norm is "), std::string::npos) << err;
+  EXPECT_NE(err.find("nan at step 3 "), std::string::npos) << err;
+  EXPECT_NE(err.find("intact"), std::string::npos) << err;
+  EXPECT_FALSE(std::filesystem::exists(out.file("checkpoint-3")));
+  vlm::VisionLanguageModel back(w.spec("lora"));
+  back.load_adapter_weights(out.file("checkpoint-2"));
+  auto a = m.trainable_state(), b = back.trainable_state();
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_TRUE(torch::isfinite(a[i].second).all().item<bool>()) << a[i].first;
+    EXPECT_TRUE(vadapt::test::tensors_equal(a[i].second, b[i].second)) << a[i].first;
+  }
 }
 
 TEST(Nf4, RoundTripErrorWithinTheFormatsBound) {

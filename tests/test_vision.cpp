@@ -5,12 +5,14 @@
 #include <webp/encode.h>
 #include <webp/types.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "common/error.h"
 #include "fixtures.h"
 #include "io/atomic_file.h"
 #include "model/load.h"
+#include "vision/feature_cache.h"
 #include "vision/image.h"
 #include "vision/preprocess.h"
 #include "vision/resample.h"
@@ -191,4 +193,39 @@ TEST(Image, GreyGreyAlphaBmpAndWebpBecomeRgbAsPilDoes) {
   WebPFree(webp);
   EXPECT_EQ(dw.format, "WEBP");
   EXPECT_EQ(dw.rgb, img.rgb);
+}
+
+// The disk feature cache: an entry is reused by a new process (fresh memory), and an entry with
+// a flipped byte or cut short is detected by its checksum / bounds and recomputed, never used.
+TEST(FeatureCache, DamagedDiskEntriesAreRecomputedNeverUsed) {
+  TempDir tmp;
+  vision::write_png(tmp.file("a.png"), gradient_image(8, 8));
+  int computed = 0;
+  auto compute = [&](const std::vector<std::string>& ps) -> torch::Tensor {
+    computed += static_cast<int>(ps.size());
+    const auto n = static_cast<int64_t>(ps.size());
+    return (torch::arange(n * 4 * 3, torch::kFloat32).view({n, 4, 3}) + 0.5);
+  };
+  const auto want = compute({"x"});
+  computed = 0;
+  auto fresh = [&] { return vision::FeatureCache(tmp.file("cache"), "encoder"); };
+  EXPECT_TRUE(torch::equal(fresh().get({tmp.file("a.png")}, compute), want));
+  EXPECT_EQ(computed, 1);
+  EXPECT_TRUE(torch::equal(fresh().get({tmp.file("a.png")}, compute), want));
+  EXPECT_EQ(computed, 1) << "a new cache (process) reads the disk entry";
+  std::string entry;
+  for (const auto& e : std::filesystem::directory_iterator(tmp.file("cache"))) entry = e.path().string();
+  ASSERT_FALSE(entry.empty());
+  auto bytes = io::read_text_file(entry);
+  for (int damage = 0; damage < 2; ++damage) {
+    auto bad = bytes;
+    if (damage == 0) bad[bad.size() - 3] ^= 0x40;  // a flipped bit in the feature data
+    else bad.resize(bad.size() - 10);              // cut short
+    io::write_text_atomic(entry, bad);
+    auto c = fresh();
+    EXPECT_TRUE(torch::equal(c.get({tmp.file("a.png")}, compute), want)) << damage;
+    EXPECT_EQ(c.damaged(), 1) << damage;
+    EXPECT_EQ(computed, 2 + damage) << "recomputed, damage " << damage;
+    EXPECT_EQ(io::read_text_file(entry), bytes) << "and rewritten whole";
+  }
 }

@@ -190,6 +190,34 @@ int64_t target_tokens(const vlm::Batch& b) {
 
 }  // namespace
 
+namespace {
+// Rewrites metrics.csv (atomically) without its rows of steps after `step`.
+void keep_metrics_up_to(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::ifstream in(path);
+  std::string out, line;
+  bool header = true;
+  long fields = 0;
+  while (std::getline(in, line)) {
+    const long commas = std::count(line.begin(), line.end(), ',');
+    if (header) fields = commas;
+    else if (commas != fields) continue;  // a row cut by the kill
+    if (!header) {
+      int64_t s = -1;
+      try {
+        s = std::stoll(line.substr(0, line.find(',')));
+      } catch (...) {
+        continue;  // a row cut by the kill
+      }
+      if (s > step) continue;
+    }
+    header = false;
+    out += line + "\n";
+  }
+  io::write_text_atomic(path, out);
+}
+}  // namespace
+
 void Trainer::save_checkpoint(int64_t step, torch::optim::Optimizer& opt) const {
   const std::string final_dir = cfg_.out_dir + "/checkpoint-" + std::to_string(step);
   const std::string tmp = cfg_.out_dir + "/.tmp-checkpoint-" + std::to_string(step);
@@ -326,6 +354,9 @@ TrainResult Trainer::fit() {
   }
   std::ofstream csv;
   if (lead) {
+    // A resumed run drops the rows a killed run logged after its checkpoint, so the file ends up
+    // as the uninterrupted run's (the same steps once each).
+    if (step > 0) keep_metrics_up_to(cfg_.out_dir + "/metrics.csv", step);
     csv.open(cfg_.out_dir + "/metrics.csv", step == 0 ? std::ios::trunc : std::ios::app);
     if (step == 0) csv << "step,epoch,loss,lr,grad_norm,ms_per_step,tokens_per_s,images_per_s,val_loss\n";
   }
@@ -427,6 +458,12 @@ TrainResult Trainer::fit() {
     if (finite) {
       gn = cfg_.max_grad_norm > 0 ? torch::nn::utils::clip_grad_norm_(all_params, cfg_.max_grad_norm)
                                   : torch::nn::utils::clip_grad_norm_(all_params, 1e30);
+      // A NaN / infinite gradient (finite loss) would turn every weight into NaN at the update:
+      // stop before it, so the last checkpoint and the weights stay good.
+      if (!std::isfinite(gn))
+        throw VadaptError(cat("train: the gradient norm is ", gn, " at step ", step + 1, " (the loss ", step_loss,
+                              " is finite); stopped before the update, so the weights and the last checkpoint under ", cfg_.out_dir,
+                              " are intact (lower the lr, or resume with --resume latest)"));
       opt.step();
     } else {
       clear_bar();

@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "io/atomic_file.h"
+#include "common/log.h"
 #include "io/safetensors.h"
 
 namespace vadapt::vision {
@@ -22,6 +23,14 @@ std::string sha256_hex(const std::string& bytes) {
 }
 
 std::string sha256_file(const std::string& path) { return sha256_hex(io::read_text_file(path)); }
+
+namespace {
+// SHA-256 of a contiguous CPU tensor's bytes (the checksum a disk entry carries).
+std::string bytes_sha256(const torch::Tensor& t) {
+  auto c = t.contiguous();
+  return sha256_hex(std::string(static_cast<const char*>(c.data_ptr()), c.nbytes()));
+}
+}  // namespace
 
 FeatureCache::FeatureCache(std::string dir, std::string encoder_key, int64_t max_memory_bytes)
     : dir_(std::move(dir)), encoder_key_(std::move(encoder_key)), max_memory_(max_memory_bytes) {
@@ -52,14 +61,26 @@ torch::Tensor FeatureCache::get(const std::vector<std::string>& paths,
     }
     std::string file = dir_.empty() ? "" : dir_ + "/" + key + ".safetensors";
     if (!file.empty() && std::filesystem::exists(file)) {
+      std::string why;
       try {
-        out[i] = io::SafeTensorsFile::open(file)->tensor("features").clone();
-        ++hits_;
-        if (memory_ < max_memory_) mem_[key] = out[i], memory_ += out[i].numel() * out[i].element_size();
-        continue;
-      } catch (const VadaptError&) {
-        // A damaged entry is recomputed and rewritten.
+        auto st = io::SafeTensorsFile::open(file);
+        auto t = st->tensor("features").clone();
+        auto sum = st->metadata().find("sha256");
+        if (sum == st->metadata().end()) why = "no checksum";
+        else if (sum->second != bytes_sha256(t)) why = "checksum mismatch";
+        if (why.empty()) {
+          out[i] = t;
+          ++hits_;
+          if (memory_ < max_memory_) mem_[key] = out[i], memory_ += out[i].numel() * out[i].element_size();
+          continue;
+        }
+      } catch (const VadaptError& e) {
+        why = e.what();
       }
+      // A damaged entry (truncated, flipped bits, written by a build without checksums) is never
+      // used: it is recomputed and rewritten.
+      log_warn(cat("feature cache: ", file, " is damaged (", why, "); recomputing it"));
+      ++damaged_;
     }
     miss_paths.push_back(paths[i]);
     miss_idx.push_back(i);
@@ -72,7 +93,7 @@ torch::Tensor FeatureCache::get(const std::vector<std::string>& paths,
       out[miss_idx[j]] = f;
       ++misses_;
       if (memory_ < max_memory_) mem_[miss_keys[j]] = f, memory_ += f.numel() * f.element_size();
-      if (!dir_.empty()) io::write_safetensors(dir_ + "/" + miss_keys[j] + ".safetensors", {{"features", f}});
+      if (!dir_.empty()) io::write_safetensors(dir_ + "/" + miss_keys[j] + ".safetensors", {{"features", f}}, {{"sha256", bytes_sha256(f)}});
     }
   }
   return torch::stack(out);  // (M, N, C)

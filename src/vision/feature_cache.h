@@ -3,7 +3,8 @@
 // bytes together with the encoder identity (tower folder, its config.json and weights file
 // sizes/hashes of the config), the preprocessing, the feature layer and the dtype: change any
 // of them and the entry is simply not found. Entries live in memory and, with a folder, on disk
-// as <key>.safetensors (written atomically).
+// as <key>.safetensors (written atomically, with the SHA-256 of the feature bytes in its
+// metadata: an entry that is truncated or does not match its checksum is recomputed, never used).
 #pragma once
 
 #include <torch/torch.h>
@@ -29,6 +30,7 @@ class FeatureCache {
                     const std::function<torch::Tensor(const std::vector<std::string>&)>& compute);
   int64_t hits() const { return hits_; }
   int64_t misses() const { return misses_; }
+  int64_t damaged() const { return damaged_; }  // disk entries found damaged and recomputed
 
  private:
   std::string key_for(const std::string& path);
@@ -36,7 +38,7 @@ class FeatureCache {
   int64_t max_memory_, memory_ = 0;
   std::unordered_map<std::string, torch::Tensor> mem_;
   std::unordered_map<std::string, std::string> path_keys_;  // path -> key, per process (content assumed stable)
-  int64_t hits_ = 0, misses_ = 0;
+  int64_t hits_ = 0, misses_ = 0, damaged_ = 0;
 };
 
 }  // namespace vadapt::vision
