@@ -229,3 +229,18 @@ TEST(FeatureCache, DamagedDiskEntriesAreRecomputedNeverUsed) {
     EXPECT_EQ(io::read_text_file(entry), bytes) << "and rewritten whole";
   }
 }
+
+// Found by the image fuzzer (tests/fuzz): PNGs whose first IDAT chunk is empty. stb_image reads
+// them with a zero-length memcpy from a null buffer (suppressed for UBSan in tests/fuzz/ubsan.supp);
+// they must decode or fail with an error naming the file, never crash.
+TEST(Image, EmptyFirstIdatChunkFoundByTheFuzzer) {
+  for (const char* name : {"zero-idat-1.png", "zero-idat-2.png"}) {
+    const std::string path = std::string(VADAPT_SOURCE_DIR) + "/tests/fuzz/seeds/image/" + name;
+    try {
+      auto img = vision::decode_image_file(path);
+      EXPECT_EQ(img.rgb.size(), static_cast<size_t>(img.width) * img.height * 3) << name;
+    } catch (const VadaptError& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    }
+  }
+}

@@ -15,5 +15,5 @@ if [ -z "$(ls -A "$corpus")" ]; then
   fi
 fi
 export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1"
-export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$(cd "$(dirname "$0")" && pwd)/ubsan.supp"
 exec "$bin" -max_len=16384 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "$@" "$corpus"
