@@ -230,11 +230,12 @@ TEST(FeatureCache, DamagedDiskEntriesAreRecomputedNeverUsed) {
   }
 }
 
-// Found by the image fuzzer (tests/fuzz): PNGs whose first IDAT chunk is empty. stb_image reads
-// them with a zero-length memcpy from a null buffer (suppressed for UBSan in tests/fuzz/ubsan.supp);
-// they must decode or fail with an error naming the file, never crash.
+// Found by the image fuzzer (tests/fuzz): PNGs whose first IDAT chunk is empty (stb_image reads
+// them with a zero-length memcpy from a null buffer, suppressed for UBSan in tests/fuzz/ubsan.supp),
+// and an 89-byte PNG whose chunk declares 1.2 GB (stb reserved it; now refused as truncated before
+// stb sees it). They must decode or fail with an error naming the file, never crash.
 TEST(Image, EmptyFirstIdatChunkFoundByTheFuzzer) {
-  for (const char* name : {"zero-idat-1.png", "zero-idat-2.png"}) {
+  for (const char* name : {"zero-idat-1.png", "zero-idat-2.png", "huge-chunk-length.png"}) {
     const std::string path = std::string(VADAPT_SOURCE_DIR) + "/tests/fuzz/seeds/image/" + name;
     try {
       auto img = vision::decode_image_file(path);
@@ -243,4 +244,12 @@ TEST(Image, EmptyFirstIdatChunkFoundByTheFuzzer) {
       EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
     }
   }
+  const std::string huge = std::string(VADAPT_SOURCE_DIR) + "/tests/fuzz/seeds/image/huge-chunk-length.png";
+  std::string err;
+  try {
+    vision::decode_image_file(huge);
+  } catch (const VadaptError& e) {
+    err = e.what();
+  }
+  EXPECT_NE(err.find("truncated PNG: chunk"), std::string::npos) << err;
 }
