@@ -49,20 +49,21 @@ KVCache KVCache::from_layers(std::vector<torch::Tensor> k, std::vector<torch::Te
 
 KVCache KVCache::stack(const KVCache& a, const KVCache& b, int64_t capacity) {
   if (a.k_.size() != b.k_.size()) throw VadaptError("KV cache: stacking caches of different depths");
-  const int64_t len = std::max(a.length_, b.length_);
-  auto right_aligned = [len](const torch::Tensor& t, int64_t have) {  // (B, kv, cap, D) -> (B, kv, len, D)
-    auto s = t.sizes().vec();
-    s[2] = len;
-    auto out = torch::zeros(s, t.options());
-    out.narrow(2, len - have, have).copy_(t.narrow(2, 0, have));
-    return out;
+  KVCache c;
+  c.batch_ = a.batch_ + b.batch_;
+  c.length_ = std::max(a.length_, b.length_);
+  c.capacity_ = std::max(capacity, c.length_);
+  // Each part right-aligned at length_ in one new buffer per layer (the rest zeros, masked).
+  auto stacked = [&](const torch::Tensor& x, const torch::Tensor& y) {  // (Ba, kv, cap, D), (Bb, kv, cap, D)
+    auto s = x.sizes().vec();
+    s[0] = c.batch_, s[2] = c.capacity_;
+    auto buf = torch::zeros(s, x.options());
+    buf.narrow(0, 0, a.batch_).narrow(2, c.length_ - a.length_, a.length_).copy_(x.narrow(2, 0, a.length_));
+    buf.narrow(0, a.batch_, b.batch_).narrow(2, c.length_ - b.length_, b.length_).copy_(y.narrow(2, 0, b.length_));
+    return buf;
   };
-  std::vector<torch::Tensor> k, v;
-  for (size_t i = 0; i < a.k_.size(); ++i) {
-    k.push_back(torch::cat({right_aligned(a.k_[i], a.length_), right_aligned(b.k_[i], b.length_)}, 0));
-    v.push_back(torch::cat({right_aligned(a.v_[i], a.length_), right_aligned(b.v_[i], b.length_)}, 0));
-  }
-  return from_layers(std::move(k), std::move(v), capacity);
+  for (size_t i = 0; i < a.k_.size(); ++i) c.k_.push_back(stacked(a.k_[i], b.k_[i])), c.v_.push_back(stacked(a.v_[i], b.v_[i]));
+  return c;
 }
 
 void KVCache::keep(const torch::Tensor& index, int64_t from) {

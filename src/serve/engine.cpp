@@ -128,30 +128,24 @@ void end_job(Job& j, const std::string& error) {
 }
 }  // namespace
 
-void Engine::finish(Job& j, const std::vector<int64_t>& ids_in, const std::string& error, const vlm::VisionLanguageModel& m) {
+void Engine::finish(Job& j, std::vector<int64_t> ids, const std::vector<std::string>& text_stops, const vlm::VisionLanguageModel& m) {
   const double t = now();
-  std::vector<int64_t> ids = ids_in;
   if (static_cast<int64_t>(ids.size()) > j.req.max_tokens) ids.resize(static_cast<size_t>(j.req.max_tokens));
   {
     std::lock_guard<std::mutex> l(j.mu);
-    if (!error.empty()) {
-      j.error = error;
-    } else {
-      auto texts = vlm::stop_rules(m, j.req.stop).texts;
-      const bool length = static_cast<int64_t>(ids.size()) >= j.req.max_tokens;
-      const size_t before = ids.size();
-      vlm::cut_at_stop_text(m.tokenizer(), ids, texts);
-      j.text = m.tokenizer().decode(ids);
-      j.completion_tokens = static_cast<int64_t>(ids.size());
-      j.finish_reason = length && ids.size() == before ? "length" : "stop";
-      if (j.first_token_at == 0) j.first_token_at = t;
-      tokens_generated_ += j.completion_tokens;
-    }
+    const bool length = static_cast<int64_t>(ids.size()) >= j.req.max_tokens;
+    const size_t before = ids.size();
+    vlm::cut_at_stop_text(m.tokenizer(), ids, text_stops);
+    j.text = m.tokenizer().decode(ids);
+    j.completion_tokens = static_cast<int64_t>(ids.size());
+    j.finish_reason = length && ids.size() == before ? "length" : "stop";
+    if (j.first_token_at == 0) j.first_token_at = t;
+    tokens_generated_ += j.completion_tokens;
     j.done = true;
   }
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (error.empty()) ttft_.observe(j.first_token_at - j.queued_at), latency_.observe(t - j.queued_at);
+    ttft_.observe(j.first_token_at - j.queued_at), latency_.observe(t - j.queued_at);
   }
   j.cv.notify_all();
 }
@@ -245,7 +239,8 @@ void Engine::loop() {
       run_beam(beam);
       continue;
     }
-    auto& m = mutable_model(batch_model.empty() ? (joining.empty() ? models_[0].first : joining[0]->req.model) : batch_model);
+    if (batch_model.empty()) continue;  // nothing running, nothing admitted
+    auto& m = mutable_model(batch_model);
     if (!batch || rows.empty()) batch = std::make_unique<generate::ContinuousBatch>(m.lm());
     if (!joining.empty() && !admit(joining, *batch, rows)) held = std::move(joining);
     if (rows.empty()) continue;
@@ -304,7 +299,7 @@ void Engine::loop() {
         r.job->pending += r.decoder.flush();  // bytes held back for an incomplete character
       }
       if (r.job->cancelled) end_job(*r.job, "cancelled");
-      else finish(*r.job, r.ids, "", m);
+      else finish(*r.job, std::move(r.ids), r.text_stops, m);
       rows.erase(it);
     }
   }
@@ -335,7 +330,7 @@ void Engine::run_beam(const std::shared_ptr<Job>& job) {
       std::lock_guard<std::mutex> l(j.mu);
       j.pending += decoder.flush();
     }
-    finish(j, res.tokens[0], "", m);
+    finish(j, res.tokens[0], {}, m);  // vlm::answer cut the stop strings already
   } catch (const std::exception& e) {
     log_warn(cat("serve: generation failed: ", e.what()));
     end_job(j, e.what());

@@ -77,7 +77,8 @@ class Engine {
   // Prepares and joins queued requests to the running batch; false when their adapter state cannot
   // join it (they wait for the batch to drain).
   bool admit(const std::vector<std::shared_ptr<Job>>& jobs, generate::ContinuousBatch& batch, std::map<int64_t, Row>& rows);
-  void finish(Job& j, const std::vector<int64_t>& ids, const std::string& error, const vlm::VisionLanguageModel& m);
+  // Cuts the answer before its first text stop and completes the job.
+  void finish(Job& j, std::vector<int64_t> ids, const std::vector<std::string>& text_stops, const vlm::VisionLanguageModel& m);
   vlm::VisionLanguageModel& mutable_model(const std::string& name);
 
   std::vector<std::pair<std::string, std::unique_ptr<vlm::VisionLanguageModel>>> models_;
