@@ -74,7 +74,7 @@ TEST(Synth, SameSeedSameBytesOtherSeedOtherBytes) {
   o.out = c.path();
   auto rep = data::write_synthetic_dataset(o);
   auto ta = read_tree(a.path()), tb = read_tree(b.path()), tc = read_tree(c.path());
-  EXPECT_EQ(ta.size(), 24u + 10u);  // images + 3 QA + 3 caption + 3 text-only instruction files + synth.json
+  EXPECT_EQ(ta.size(), 24u + 13u);  // images + 3 QA + 3 single-object QA + 3 caption + 3 text-only instruction files + synth.json
   EXPECT_TRUE(ta == tb);
   EXPECT_FALSE(ta == tc);
   // The splits load with the LLaVA reader, every record with its question type.
@@ -97,6 +97,15 @@ TEST(Synth, SameSeedSameBytesOtherSeedOtherBytes) {
   }
   auto caps = data::load_dataset(c.file("train_captions.json"), {});
   EXPECT_FALSE(caps.empty());
+  // The single-object questions are the split's questions about scenes with one object.
+  auto single = data::load_dataset(c.file("train_single.json"), {});
+  EXPECT_FALSE(single.empty());
+  std::set<std::string> ids;
+  for (const auto& s : train) ids.insert(s.id);
+  for (const auto& s : single) {
+    EXPECT_TRUE(ids.count(s.id)) << s.id;
+    if (s.type == "count") EXPECT_EQ(s.conv.turns[1].text, "one") << s.id;
+  }
 }
 
 TEST(Synth, AnswersAgreeWithTheRenderedPixels) {

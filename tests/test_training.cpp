@@ -302,6 +302,49 @@ TEST(Recipe, ParameterCountsFromConfigsAloneMatchTheGoldenNumbers) {
   EXPECT_EQ(vlm::VisionLanguageModel::count_from_configs(s)["lora_parameters"].get<int64_t>(), 39976960);  // r16, 7 linears
 }
 
+TEST(Templates, SystemPromptSetOrLeftOut) {
+  text::Conversation c;
+  c.turns = {{"user", "<image>\nWhat is it?"}, {"assistant", "A cat."}};
+  EXPECT_EQ(text::ChatTemplate::by_name("vicuna_v1", "").render(c, false), "<s>USER: <image>\nWhat is it? ASSISTANT: A cat.</s>");
+  EXPECT_EQ(text::ChatTemplate::by_name("vicuna_v1", "Be brief.").render(c, false),
+            "<s>Be brief. USER: <image>\nWhat is it? ASSISTANT: A cat.</s>");
+  EXPECT_EQ(text::ChatTemplate::by_name("v0", "").render(c, false), "<s>Human: <image>\nWhat is it?###Assistant: A cat.###");
+  EXPECT_EQ(text::ChatTemplate::by_name("chatml_direct", "").render(c, false),
+            "<s><|im_start|>user\n<image>\nWhat is it?<|im_end|><|im_start|>assistant\nA cat.<|im_end|>");
+  c.turns.pop_back();
+  EXPECT_EQ(text::ChatTemplate::by_name("chatml", "Hi.").render(c, true).rfind("<s><|im_start|>system\nHi.<|im_end|>\n<|im_start|>user", 0), 0u);
+  c.turns.push_back({"assistant", "A cat."});
+  EXPECT_EQ(text::ChatTemplate::by_name("llama_2", "").render(c, false), "<s>[INST] <image>\nWhat is it? [/INST] A cat. </s>");
+  c.system = "Own.";  // a conversation's own system prompt wins
+  EXPECT_EQ(text::ChatTemplate::by_name("vicuna_v1", "").render(c, false), "<s>Own. USER: <image>\nWhat is it? ASSISTANT: A cat.</s>");
+  EXPECT_THROW(text::ChatTemplate::by_name("plain", ""), VadaptError);
+  EXPECT_NO_THROW(text::ChatTemplate::by_name("plain"));
+}
+
+TEST(Recipe, SystemPromptAppliesToStagesWhoseTemplateHasOneAndIsSaved) {
+  TempDir tmp;
+  io::write_text_atomic(tmp.file("r.yaml"),
+                        "model: {llm: a, vision: b, system_prompt: ''}\ndata: {train: t.json}\nstages:\n"
+                        "  - {name: s1, tune: projector, template: plain}\n  - {name: s2, tune: full, template: vicuna_v1}\n");
+  auto r = train::load_recipe(tmp.file("r.yaml"), {});
+  EXPECT_FALSE(r.stages[0].spec.system_prompt.has_value());
+  ASSERT_TRUE(r.stages[1].spec.system_prompt.has_value());
+  EXPECT_EQ(*r.stages[1].spec.system_prompt, "");
+  auto j = r.stages[1].spec.to_json();
+  EXPECT_EQ(j["system_prompt"], "");
+  EXPECT_EQ(vlm::VlmSpec::from_json(j, "adapter_config.json").system_prompt, std::optional<std::string>(""));
+  EXPECT_FALSE(vlm::VlmSpec::from_json(r.stages[0].spec.to_json(), "adapter_config.json").system_prompt.has_value());
+  auto r2 = train::load_recipe(tmp.file("r.yaml"), {"stages.1.system_prompt=Answer in one word."});
+  EXPECT_EQ(*r2.stages[1].spec.system_prompt, "Answer in one word.");
+  try {
+    train::load_recipe(tmp.file("r.yaml"), {"stages.0.system_prompt=x"});
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("system_prompt"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("plain"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Recipe, UnknownKeysAndBadValuesAreNamed) {
   TempDir tmp;
   io::write_text_atomic(tmp.file("r.yaml"), "model: {llm: a, vision: b}\ndata: {train: t.json}\nstages:\n  - name: s1\n    tune: projector\n    trian: {lr: 1}\n");

@@ -238,6 +238,8 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
   using ojson = nlohmann::ordered_json;
   std::map<std::string, ojson> qa, caps;
   for (const char* split : {"train", "val", "test"}) qa[split] = caps[split] = ojson::array();
+  std::map<std::string, ojson> single;  // questions about single-object scenes (a curriculum's first step)
+  for (const char* split : {"train", "val", "test"}) single[split] = ojson::array();
   const int64_t n_test = static_cast<int64_t>(std::llround(o.n * o.test_fraction));
   const int64_t n_val = static_cast<int64_t>(std::llround(o.n * o.val_fraction));
   SynthReport rep;
@@ -259,11 +261,12 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
         rep.example_question = q.question;
         rep.example_answer = q.answer;
       }
-      qa[split].push_back({{"id", id + "_" + q.type},
-                           {"image", name},
-                           {"type", q.type},
-                           {"conversations",
-                            {{{"from", "human"}, {"value", "<image>\n" + q.question}}, {{"from", "gpt"}, {"value", q.answer}}}}});
+      ojson sample = {{"id", id + "_" + q.type},
+                      {"image", name},
+                      {"type", q.type},
+                      {"conversations", {{{"from", "human"}, {"value", "<image>\n" + q.question}}, {{"from", "gpt"}, {"value", q.answer}}}}};
+      if (scene.objects.size() == 1) single[split].push_back(sample);
+      qa[split].push_back(std::move(sample));
     }
     ++rep.images;
     if ((i + 1) % 250 == 0 || i + 1 == o.n)
@@ -272,6 +275,7 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
   for (const char* split : {"train", "val", "test"}) {
     io::write_text_atomic((fs::path(o.out) / (std::string(split) + ".json")).string(), qa[split].dump(1));
     io::write_text_atomic((fs::path(o.out) / (std::string(split) + "_captions.json")).string(), caps[split].dump(1));
+    io::write_text_atomic((fs::path(o.out) / (std::string(split) + "_single.json")).string(), single[split].dump(1));
   }
   write_text_instructions(o, rep);
   rep.train = static_cast<int64_t>(qa["train"].size());

@@ -57,16 +57,23 @@ std::vector<std::string> template_names() {
           "chatml_direct", "mpt",       "chatml",   "alpaca",   "lavin",         "palm2_caption", "palm2_vqa"};
 }
 
-ChatTemplate ChatTemplate::by_name(const std::string& name) {
+ChatTemplate ChatTemplate::by_name(const std::string& name, const std::optional<std::string>& system) {
   for (const auto& n : template_names())
     if (n == name) {
+      if (system && !takes_system(name))
+        throw VadaptError(cat("template '", name, "' has no system prompt (system_prompt is set to \"", *system, "\")"));
       ChatTemplate t;
       t.name_ = name;
+      t.system_ = system;
       return t;
     }
   std::string all;
   for (const auto& n : template_names()) all += (all.empty() ? "" : ", ") + n;
   throw VadaptError(cat("unknown template '", name, "' (expected one of ", all, ")"));
+}
+
+bool ChatTemplate::takes_system(const std::string& name) {
+  return !(name == "plain" || name == "lavin" || name == "palm2_caption" || name == "palm2_vqa");
 }
 
 std::vector<std::string> ChatTemplate::stop_strings() const {
@@ -84,7 +91,12 @@ std::vector<Segment> ChatTemplate::segments(const Conversation& c, bool gen) con
   auto text = [&](const std::string& t, bool train = false) { s.push_back({Segment::kText, t, train}); };
   auto eos = [&] { s.push_back({Segment::kEos, "", true}); };
   auto bos = [&] { s.push_back({Segment::kBos, "", false}); };
-  auto sys = [&](const char* dflt) { return c.system.empty() ? std::string(dflt) : c.system; };
+  auto sys = [&](const char* dflt) { return !c.system.empty() ? c.system : system_ ? *system_ : std::string(dflt); };
+  // The system text and its separator, left out when the system prompt is empty.
+  auto sys_text = [&](const char* dflt, const std::string& sep) {
+    const std::string t = sys(dflt);
+    if (!t.empty()) text(t + sep);
+  };
   const size_t n = c.turns.size();
   if (name_ == "plain") {
     // LLaVA stage 1 (preprocess_plain): the image, then the caption; one exchange only.
@@ -96,7 +108,7 @@ std::vector<Segment> ChatTemplate::segments(const Conversation& c, bool gen) con
   }
   if (name_ == "vicuna_v1" || name_ == "llava_v1") {  // SeparatorStyle.TWO, sep " ", sep2 "</s>"
     bos();
-    text(sys(name_ == "vicuna_v1" ? kVicunaSystem : kLlavaSystem) + " ");
+    sys_text(name_ == "vicuna_v1" ? kVicunaSystem : kLlavaSystem, " ");
     for (size_t i = 0; i < n; i += 2) {
       text("USER: ");
       push_user(s, c.turns[i].text);
@@ -110,7 +122,7 @@ std::vector<Segment> ChatTemplate::segments(const Conversation& c, bool gen) con
   }
   if (name_ == "v0") {  // conv_llava_v0: SeparatorStyle.SINGLE, sep "###", roles Human / Assistant
     bos();
-    text(sys(kLlavaSystem) + "###");
+    sys_text(kLlavaSystem, "###");
     for (size_t i = 0; i < n; i += 2) {
       text("Human: ");
       push_user(s, c.turns[i].text);
@@ -137,7 +149,8 @@ std::vector<Segment> ChatTemplate::segments(const Conversation& c, bool gen) con
   }
   if (name_ == "chatml_direct" || name_ == "mpt") {  // SeparatorStyle.MPT, sep "<|im_end|>", no newlines
     bos();
-    text("<|im_start|>system\n" + sys(name_ == "mpt" ? kMptSystem : kChatmlDirectSystem) + "<|im_end|>");
+    const std::string system = sys(name_ == "mpt" ? kMptSystem : kChatmlDirectSystem);
+    if (!system.empty()) text("<|im_start|>system\n" + system + "<|im_end|>");
     for (size_t i = 0; i < n; i += 2) {
       text("<|im_start|>user\n");
       push_user(s, c.turns[i].text);
@@ -148,7 +161,8 @@ std::vector<Segment> ChatTemplate::segments(const Conversation& c, bool gen) con
   }
   if (name_ == "chatml") {  // ChatML as Hugging Face chat templates write it (a newline after each <|im_end|>)
     bos();
-    if (!c.system.empty()) text("<|im_start|>system\n" + c.system + "<|im_end|>\n");
+    const std::string system = sys("");
+    if (!system.empty()) text("<|im_start|>system\n" + system + "<|im_end|>\n");
     for (size_t i = 0; i < n; i += 2) {
       text("<|im_start|>user\n");
       push_user(s, c.turns[i].text);
@@ -233,7 +247,7 @@ std::vector<Segment> ChatTemplate::segments(const Conversation& c, bool gen) con
   }
   // alpaca: single instruction / response pairs, repeated for multi-turn data.
   bos();
-  text(sys(kAlpacaSystem) + "\n\n");
+  sys_text(kAlpacaSystem, "\n\n");
   for (size_t i = 0; i < n; i += 2) {
     text("### Instruction:\n");
     push_user(s, c.turns[i].text);

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,7 +24,7 @@ struct Turn {
 };
 
 struct Conversation {
-  std::string system;  // empty: the template's default
+  std::string system;  // empty: the template's system prompt (its default, or the one set with by_name)
   std::vector<Turn> turns;
 };
 
@@ -42,8 +43,13 @@ struct EncodedPrompt {
 
 class ChatTemplate {
  public:
-  static ChatTemplate by_name(const std::string& name);
+  // `system` replaces the template's default system prompt ("" leaves the system text out,
+  // separator included); a conversation's own non-empty `system` still wins. Templates without
+  // a system prompt (plain, lavin, palm2_*) refuse one.
+  static ChatTemplate by_name(const std::string& name, const std::optional<std::string>& system = std::nullopt);
+  static bool takes_system(const std::string& name);
   const std::string& name() const { return name_; }
+  const std::optional<std::string>& system() const { return system_; }
   // Segments for a conversation; with add_generation_prompt the last turn must be the user's
   // and the segments end where the assistant's answer starts.
   std::vector<Segment> segments(const Conversation& c, bool add_generation_prompt) const;
@@ -54,6 +60,7 @@ class ChatTemplate {
 
  private:
   std::string name_;
+  std::optional<std::string> system_;
 };
 
 // Tokenises the prompt as the reference does (the whole string, split only at images and

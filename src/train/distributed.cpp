@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "common/error.h"
 #include "common/log.h"
@@ -145,6 +146,7 @@ int launch_local_workers(int nproc, const std::vector<std::string>& argv) {
   struct sigaction old_int {}, old_term {};
   sigaction(SIGINT, &sa, &old_int);
   sigaction(SIGTERM, &sa, &old_term);
+  const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   for (int r = 0; r < nproc; ++r) {
     pid_t pid = ::fork();
     if (pid < 0) throw VadaptError(cat("--nproc: fork failed: ", std::strerror(errno)));
@@ -154,6 +156,9 @@ int launch_local_workers(int nproc, const std::vector<std::string>& argv) {
       ::setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
       ::setenv("MASTER_ADDR", addr.c_str(), 1);
       ::setenv("MASTER_PORT", port.c_str(), 1);
+      // The cores are shared out between the workers (as torchrun does); oversubscribed intra-op
+      // pools made a 2-worker step on 2 cores 12x slower (777 vs 67 ms on the synthetic recipe).
+      ::setenv("OMP_NUM_THREADS", std::to_string(std::max(1u, cores / static_cast<unsigned>(nproc))).c_str(), 0);
       std::vector<char*> args;
       std::string self = "/proc/self/exe";
       args.push_back(self.data());

@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "common/error.h"
+#include "text/prompt.h"
 #include "io/json_file.h"
 #include "io/path_vars.h"
 
@@ -126,8 +127,8 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   // The generic keys; everything else at the top level, in the model section and in a stage is
   // the method's own section (its parser rejects what it does not know).
   const std::vector<std::string> top_keys = {"method", "model", "stages", "train", "data", "description", "feature_cache"};
-  const std::vector<std::string> model_keys = {"llm", "vision", "preprocess", "template", "dtype", "seed"};
-  const std::vector<std::string> stage_keys = {"name", "template", "preprocess", "data", "train", "model", "init_from", "feature_cache"};
+  const std::vector<std::string> model_keys = {"llm", "vision", "preprocess", "template", "system_prompt", "dtype", "seed"};
+  const std::vector<std::string> stage_keys = {"name", "template", "preprocess", "data", "train", "model", "init_from", "feature_cache", "system_prompt"};
   auto is_in = [](const std::vector<std::string>& keys, const std::string& k) { return std::find(keys.begin(), keys.end(), k) != keys.end(); };
   for (size_t i = 0; i < top["stages"].size(); ++i) {
     const auto& sj = top["stages"][i];
@@ -155,6 +156,19 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
     get_into(model, "seed", s.seed, path + " model");
     get_into(&sj, "template", s.template_name, where);
     get_into(&sj, "preprocess", s.preprocess, where);  // LLaVA-1.5: square crop in stage 1, pad in stage 2
+    // The system prompt: the model section's applies to each stage whose template has one (not
+    // to LLaVA's stage-1 `plain`); a stage's own must suit its template.
+    auto system_prompt = [&](const nlohmann::json* j, const std::string& at) -> std::optional<std::string> {
+      if (!j->contains("system_prompt") || (*j)["system_prompt"].is_null()) return std::nullopt;
+      return io::json_get<std::string>(*j, "system_prompt", at);
+    };
+    if (auto sp = system_prompt(&sj, where)) {
+      if (!text::ChatTemplate::takes_system(s.template_name))
+        raise(where, "system_prompt", "template '", s.template_name, "' has no system prompt");
+      s.system_prompt = sp;
+    } else if (auto sp = system_prompt(model, path + " model"); sp && text::ChatTemplate::takes_system(s.template_name)) {
+      s.system_prompt = sp;
+    }
     s.options = method->parse_recipe(section, cat(where, " (", method_name, ")"));
     const nlohmann::json* d = pick(sj, top, "data");
     if (!d) raise(where, "data", "missing section (train, val, format, image_root, limit)");

@@ -20,7 +20,7 @@ namespace vadapt::vlm {
 namespace fs = std::filesystem;
 
 VisionLanguageModel::VisionLanguageModel(const VlmSpec& spec, torch::Device device)
-    : spec_(spec), device_(device), template_(text::ChatTemplate::by_name(spec.template_name)) {
+    : spec_(spec), device_(device), template_(text::ChatTemplate::by_name(spec.template_name, spec.system_prompt)) {
   method_ = methods::create(spec.method);
   method_->configure(spec.options, "method options");
   spec_.options = method_->config();  // complete and normalised: what adapter_config.json records
@@ -189,6 +189,7 @@ std::unique_ptr<VisionLanguageModel> load_vlm_checkpoint(const std::string& dir,
     if (!o.llm.empty()) spec.llm = o.llm;
     if (!o.vision.empty()) spec.vision = o.vision;
     if (!o.template_name.empty()) spec.template_name = o.template_name;
+    if (!text::ChatTemplate::takes_system(spec.template_name)) spec.system_prompt.reset();  // e.g. --template plain
   };
   if (fs::exists(cfg)) {
     auto j = io::read_json(cfg);

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@ struct VlmSpec {
   std::string vision;      // ViT / CLIP folder; empty for a text-only method
   std::string preprocess;  // clipN | llava_padN | imagenetN | vitN; empty: vision folder's config
   std::string template_name = "vicuna_v1";
+  std::optional<std::string> system_prompt;  // replaces the template's default ("" = none)
   std::string dtype = "float32";
   uint64_t seed = 0;
   nlohmann::json options = nlohmann::json::object();  // the method's adapter_config.json fields
