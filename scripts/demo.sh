@@ -21,12 +21,12 @@ SECONDS=0
 mkdir -p "$OUT"
 export VADAPT_SYNTH_DIR="$OUT/data"
 echo "== 1. render the synthetic task ==" >&2
-build/vadapt synth --out "$VADAPT_SYNTH_DIR" --seed 0 --n 1000 > "$OUT/synth.json"
+build/vadapt synth --out "$VADAPT_SYNTH_DIR" --seed 0 --n 6000 --val-fraction 0.05 --test-fraction 0.05 > "$OUT/synth.json"
 echo "== 2. score the untrained model on the held-out test split ==" >&2
 build/vadapt eval --task exact_match --recipe "$RECIPE" --stage stage2 --data "$VADAPT_SYNTH_DIR/test.json" \
   --batch-size 32 --out "$OUT/eval-before" > /dev/null
-echo "== 3. train: stage 1 (projector, captions), stage 2 (projector + LLM, questions) ==" >&2
-build/vadapt train --recipe "$RECIPE" --out "$OUT" > "$OUT/train.json"
+echo "== 3. train (2 data-parallel workers): stage 1 (projector, captions), stage 2 (projector + LLM, questions) ==" >&2
+build/vadapt train --recipe "$RECIPE" --out "$OUT" --nproc 2 > "$OUT/train.json"
 echo "== 4. score the trained adapter on the same test split ==" >&2
 build/vadapt eval --task exact_match --adapter "$OUT/stage2" --data "$VADAPT_SYNTH_DIR/test.json" --batch-size 32 \
   --out "$OUT/eval-after" --baseline "$OUT/eval-before/summary.json" > /dev/null

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <set>
 
 #include "data/dataset.h"
@@ -74,7 +75,7 @@ TEST(Synth, SameSeedSameBytesOtherSeedOtherBytes) {
   o.out = c.path();
   auto rep = data::write_synthetic_dataset(o);
   auto ta = read_tree(a.path()), tb = read_tree(b.path()), tc = read_tree(c.path());
-  EXPECT_EQ(ta.size(), 24u + 13u);  // images + 3 QA + 3 single-object QA + 3 caption + 3 text-only instruction files + synth.json
+  EXPECT_EQ(ta.size(), 24u + 16u);  // images + 3 QA + 3 single-object QA + 3 conversation + 3 caption + 3 text-only files + synth.json
   EXPECT_TRUE(ta == tb);
   EXPECT_FALSE(ta == tc);
   // The splits load with the LLaVA reader, every record with its question type.
@@ -106,6 +107,21 @@ TEST(Synth, SameSeedSameBytesOtherSeedOtherBytes) {
     EXPECT_TRUE(ids.count(s.id)) << s.id;
     if (s.type == "count") EXPECT_EQ(s.conv.turns[1].text, "one") << s.id;
   }
+  // One conversation per image asks exactly that image's questions (the image with the first).
+  std::map<std::string, std::multiset<std::pair<std::string, std::string>>> by_image, in_chats;
+  for (const auto& s : train) by_image[s.image].insert({s.conv.turns[0].text.substr(std::string("<image>\n").size()), s.conv.turns[1].text});
+  auto chats = data::load_dataset(c.file("train_chat.json"), {});
+  ASSERT_EQ(chats.size(), by_image.size());
+  for (const auto& s : chats) {
+    ASSERT_EQ(s.conv.turns[0].text.rfind("<image>\n", 0), 0u) << s.id;
+    for (size_t t = 0; t + 1 < s.conv.turns.size(); t += 2) {
+      std::string q = s.conv.turns[t].text;
+      if (t == 0) q = q.substr(std::string("<image>\n").size());
+      EXPECT_EQ(q.find("<image>"), std::string::npos) << s.id;
+      in_chats[s.image].insert({q, s.conv.turns[t + 1].text});
+    }
+  }
+  EXPECT_TRUE(in_chats == by_image);
 }
 
 TEST(Synth, AnswersAgreeWithTheRenderedPixels) {

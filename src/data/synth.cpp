@@ -239,7 +239,8 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
   std::map<std::string, ojson> qa, caps;
   for (const char* split : {"train", "val", "test"}) qa[split] = caps[split] = ojson::array();
   std::map<std::string, ojson> single;  // questions about single-object scenes (a curriculum's first step)
-  for (const char* split : {"train", "val", "test"}) single[split] = ojson::array();
+  std::map<std::string, ojson> chats;   // all questions about an image as one multi-turn conversation
+  for (const char* split : {"train", "val", "test"}) single[split] = chats[split] = ojson::array();
   const int64_t n_test = static_cast<int64_t>(std::llround(o.n * o.test_fraction));
   const int64_t n_val = static_cast<int64_t>(std::llround(o.n * o.val_fraction));
   SynthReport rep;
@@ -255,6 +256,17 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
     caps[split].push_back({{"id", id},
                            {"image", name},
                            {"conversations", {{{"from", "human"}, {"value", "<image>"}}, {{"from", "gpt"}, {"value", caption_of(scene)}}}}});
+    // The conversation asks the image's questions in an order of their own (a generator apart
+    // from the scene's, so the images and the other files stay as they were), so every type
+    // also comes first, right after the image, as in the single-question files.
+    auto qs = questions_of(scene);
+    SynthRng order(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(i) + 1);
+    for (size_t k = qs.size(); k > 1; --k) std::swap(qs[k - 1], qs[static_cast<size_t>(order.below(static_cast<int64_t>(k)))]);
+    ojson turns = ojson::array();
+    for (const auto& q : qs) {
+      turns.push_back({{"from", "human"}, {"value", (turns.empty() ? "<image>\n" : "") + q.question}});
+      turns.push_back({{"from", "gpt"}, {"value", q.answer}});
+    }
     for (const auto& q : questions_of(scene)) {
       if (split == "test" && q.type == "color" && rep.example_image.empty()) {
         rep.example_image = (fs::path(o.out) / name).string();
@@ -268,6 +280,7 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
       if (scene.objects.size() == 1) single[split].push_back(sample);
       qa[split].push_back(std::move(sample));
     }
+    chats[split].push_back({{"id", id}, {"image", name}, {"conversations", std::move(turns)}});
     ++rep.images;
     if ((i + 1) % 250 == 0 || i + 1 == o.n)
       log_info(cat("synth: ", i + 1, "/", o.n, " images (", static_cast<int64_t>((i + 1) / std::max(1e-9, sw.seconds())), " img/s)"));
@@ -276,6 +289,7 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
     io::write_text_atomic((fs::path(o.out) / (std::string(split) + ".json")).string(), qa[split].dump(1));
     io::write_text_atomic((fs::path(o.out) / (std::string(split) + "_captions.json")).string(), caps[split].dump(1));
     io::write_text_atomic((fs::path(o.out) / (std::string(split) + "_single.json")).string(), single[split].dump(1));
+    io::write_text_atomic((fs::path(o.out) / (std::string(split) + "_chat.json")).string(), chats[split].dump(1));
   }
   write_text_instructions(o, rep);
   rep.train = static_cast<int64_t>(qa["train"].size());

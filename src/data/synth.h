@@ -79,7 +79,8 @@ std::vector<SynthQuestion> questions_of(const SynthScene& scene);
 
 // Writes images/NNNNN.png, train.json / val.json / test.json (question/answer, LLaVA format with
 // a "type" field), train_single.json / val_single.json / test_single.json (the questions
-// about single-object scenes: a curriculum's first step), train_captions.json / val_captions.json (stage-1 captions, LLaVA format) and
+// about single-object scenes: a curriculum's first step), {train,val,test}_chat.json (the same
+// questions, one multi-turn conversation per image, as LLaVA's instruction data), train_captions.json / val_captions.json (stage-1 captions, LLaVA format) and
 // text_train.json / text_val.json / text_test.json (text-only instructions, Alpaca format with
 // a "type" field: first_word | last_word | word_count) and synth.json (options and counts) under
 // opts.out.
