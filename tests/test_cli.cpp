@@ -30,9 +30,10 @@ struct Run {
   int rc;
   std::string out, err;
 };
-Run run_cli(const std::string& args) {
+// A shell command line; its stderr is captured.
+Run run_shell(const std::string& command) {
   TempDir tmp;
-  std::string cmd = std::string(VADAPT_BINARY) + " " + args + " 2>" + tmp.file("err");
+  std::string cmd = command + " 2>" + tmp.file("err");
   Run r{};
   FILE* p = popen(cmd.c_str(), "r");
   std::array<char, 4096> buf{};
@@ -45,6 +46,7 @@ Run run_cli(const std::string& args) {
   fclose(e);
   return r;
 }
+Run run_cli(const std::string& args) { return run_shell(std::string(VADAPT_BINARY) + " " + args); }
 }  // namespace
 
 TEST(Cli, GenerateStreamsOnlyTheContinuationToStdout) {
@@ -413,4 +415,45 @@ TEST(Cli, KilledRunsResumeToTheUninterruptedRun) {
     auto b = vadapt::io::SafeTensorsFile::open(dir + "/s/adapter_model.safetensors");
     for (const auto& info : a->tensors()) EXPECT_TRUE(torch::equal(a->tensor(info.name), b->tensor(info.name))) << info.name;
   }
+}
+
+// A full disk while a checkpoint is written (a file-size limit: every write past it fails with
+// EFBIG, as on a full disk): the run stops with an error naming the file, leaves nothing
+// partial, the earlier checkpoint stays loadable, and resuming from it (with room again) gives
+// the uninterrupted run.
+TEST(Cli, FullDiskWhileSavingStopsNamingTheFileAndKeepsTheLastCheckpoint) {
+  if (std::system("command -v prlimit > /dev/null 2>&1") != 0) GTEST_SKIP() << "needs prlimit (util-linux)";
+  vadapt::test::TinyVlmWorld w;
+  TempDir out;
+  const std::string r = write_lora_recipe(w, out.file("r.json"), 2, w.data);
+  {
+    auto j = nlohmann::json::parse(vadapt::io::read_text_file(r));
+    j["stages"][0]["train"]["save_every"] = 4;
+    j["stages"][0]["train"]["keep_last"] = 0;
+    vadapt::io::write_text_atomic(r, j.dump(2));
+  }
+  // Both runs: 4 steps (checkpoint-4), then resumed to 8 steps (checkpoint-8).
+  auto train = [&](const std::string& dir, int64_t steps, const std::string& prefix = "") {
+    return run_shell(prefix + VADAPT_BINARY + " train --recipe " + r + " --out " + dir + " --set stages.0.train.max_steps=" +
+                     std::to_string(steps) + (steps > 4 ? " --resume latest" : ""));
+  };
+  const std::string ref = out.file("ref"), dir = out.file("full");
+  for (const auto& d : {ref, dir}) ASSERT_EQ(train(d, 4).rc, 0);
+  ASSERT_EQ(train(ref, 8).rc, 0);
+  const auto want = losses_of(ref + "/s/metrics.csv");
+  ASSERT_EQ(want.size(), 8u);
+  const auto limit = std::filesystem::file_size(ref + "/s/checkpoint-4/adapter_model.safetensors") - 1;
+  ASSERT_LT(std::filesystem::file_size(ref + "/s/metrics.csv"), limit);
+  auto full = train(dir, 8, "trap '' XFSZ; exec prlimit --fsize=" + std::to_string(limit) + " ");
+  EXPECT_NE(full.rc, 0);
+  EXPECT_NE(full.err.find("File too large"), std::string::npos) << full.err;
+  EXPECT_NE(full.err.find(dir + "/s/.tmp-checkpoint-8/"), std::string::npos) << "the error names the file: " << full.err;
+  EXPECT_EQ(full.err.find("terminate"), std::string::npos) << full.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/s/checkpoint-8"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/s/.tmp-checkpoint-8")) << "nothing partial stays behind";
+  EXPECT_TRUE(std::filesystem::exists(dir + "/s/checkpoint-4/trainer_state.json"));
+  // With room again the run resumes from the intact checkpoint and ends as the other one.
+  auto resumed = train(dir, 8);
+  ASSERT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_EQ(losses_of(dir + "/s/metrics.csv"), want);
 }

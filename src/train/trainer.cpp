@@ -230,11 +230,23 @@ void Trainer::save_checkpoint(int64_t step, torch::optim::Optimizer& opt) const 
   io::write_safetensors(tmp + rng_file(rank(), world()), rng_state(m_.device()));
   if (cfg_.comm) cfg_.comm->barrier();
   if (!lead) return;
-  m_.save_adapter(tmp);
-  torch::save(opt, tmp + "/optimizer.pt");
-  nlohmann::json st = {{"step", step}, {"seed", cfg_.seed}, {"batch_size", cfg_.batch_size}, {"grad_accum", cfg_.grad_accum},
-                       {"world_size", world()}, {"train_samples", train_.size()}};
-  io::write_text_atomic(tmp + "/trainer_state.json", st.dump(2));  // written last: marks the folder complete
+  try {
+    m_.save_adapter(tmp);
+    try {
+      torch::save(opt, tmp + "/optimizer.pt");
+    } catch (const c10::Error& e) {  // libtorch names only the entry inside the archive
+      raise(tmp + "/optimizer.pt", "", "cannot write the optimizer state: ", e.what_without_backtrace());
+    }
+    nlohmann::json st = {{"step", step}, {"seed", cfg_.seed}, {"batch_size", cfg_.batch_size}, {"grad_accum", cfg_.grad_accum},
+                         {"world_size", world()}, {"train_samples", train_.size()}};
+    io::write_text_atomic(tmp + "/trainer_state.json", st.dump(2));  // written last: marks the folder complete
+  } catch (...) {
+    // A full disk or a write error: nothing partial stays behind, the earlier checkpoints are
+    // untouched, and the error (naming the file) stops the run.
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
   io::remove_tree(final_dir);
   fs::rename(tmp, final_dir);
   auto all = list_checkpoints(cfg_.out_dir);
