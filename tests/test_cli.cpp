@@ -457,3 +457,50 @@ TEST(Cli, FullDiskWhileSavingStopsNamingTheFileAndKeepsTheLastCheckpoint) {
   ASSERT_EQ(resumed.rc, 0) << resumed.err;
   EXPECT_EQ(losses_of(dir + "/s/metrics.csv"), want);
 }
+
+// A data-parallel worker killed by SIGKILL mid-run: the launcher names it and stops the other
+// within a bounded time, and `--resume latest` ends as the run that was never interrupted.
+TEST(Cli, KilledDataParallelWorkerStopsTheRunAndItResumes) {
+  vadapt::test::TinyVlmWorld w;
+  TempDir out;
+  const std::string r = write_lora_recipe(w, out.file("r.json"), 2, w.data);
+  {
+    auto j = nlohmann::json::parse(vadapt::io::read_text_file(r));
+    j["stages"][0]["train"]["max_steps"] = 30;
+    j["stages"][0]["train"]["save_every"] = 1;
+    j["stages"][0]["train"]["keep_last"] = 2;
+    vadapt::io::write_text_atomic(r, j.dump(2));
+  }
+  auto ref = run_cli("train --nproc 2 --recipe " + r + " --out " + out.file("ref"));
+  ASSERT_EQ(ref.rc, 0) << ref.err;
+  const auto want = losses_of(out.file("ref/s/metrics.csv"));
+  ASSERT_EQ(want.size(), 30u);
+  const std::string dir = out.file("run"), csv = dir + "/s/metrics.csv";
+  const pid_t launcher = spawn_cli("train --nproc 2 --recipe " + r + " --out " + dir, dir + ".log");
+  pid_t victim = -1;
+  for (int i = 0; i < 200000 && victim < 0; ++i) {
+    if (rows_of(csv) >= 6) {
+      std::ifstream children("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) + "/children");
+      std::vector<pid_t> kids;
+      for (pid_t p; children >> p;) kids.push_back(p);
+      if (kids.size() == 2 && kill(kids[1], SIGKILL) == 0) victim = kids[1];  // the second one forked: rank 1
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+  ASSERT_GT(victim, 0) << "no worker to kill: " << vadapt::io::read_text_file(dir + ".log");
+  int status = 0;
+  bool ended = false;
+  for (int i = 0; i < 600 && !ended; ++i) {  // bounded: 60 s
+    ended = waitpid(launcher, &status, WNOHANG) == launcher;
+    if (!ended) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  if (!ended) kill(launcher, SIGKILL), waitpid(launcher, &status, 0);
+  ASSERT_TRUE(ended) << "the run did not stop within 60 s of a worker's death";
+  const std::string log = vadapt::io::read_text_file(dir + ".log");
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) != 0) << log;
+  EXPECT_NE(log.find("worker 1 exited with status 137"), std::string::npos) << log;
+  auto resumed = run_cli("train --nproc 2 --recipe " + r + " --out " + dir + " --resume latest");
+  ASSERT_EQ(resumed.rc, 0) << resumed.err;
+  EXPECT_EQ(losses_of(csv), want) << "every step once, with the uninterrupted run's loss";
+}
