@@ -3,7 +3,9 @@
 # (recipes/*-synth-tiny.yaml) on the real frozen models in ../shared (ViT-Tiny + stories260K),
 # then scored by exact match on the same held-out test split. Prints a Markdown table (stdout):
 # trainable parameters of the last stage, training seconds (all stages), peak RSS, and the
-# accuracy per question type. Progress on stderr. Runs that finished before are kept (delete
+# accuracy per question type; then a second table of the share of answers that *start* with the
+# right answer (followed by a non-letter): a base LLM that never learned EOS (stories260K) keeps
+# talking after a right answer, which exact match counts as wrong. Progress on stderr. Runs that finished before are kept (delete
 # their folder to redo one).
 #   scripts/compare.sh [OUT_DIR] [IMAGES] [-- extra `vadapt train` arguments for every method]
 #   (defaults: runs/compare, 1000 images; e.g. `scripts/compare.sh runs/cmp 1000 -- --set stages.0.train.epochs=1`)
@@ -63,4 +65,19 @@ for name in $METHODS; do
                | map(if . == null then "-" else (.accuracy * 1000 | round / 1000 | tostring) end) | join(" | ")' "$e")
   printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "$(jq -r '[.[].stage] | join(" + ")' "$j")" "$(jq '.[-1].trainable_parameters' "$j")" \
     "$(jq '[.[].seconds] | add | floor' "$j")" "$(jq '[.[].peak_rss_mb] | max | floor' "$j")" "$acc"
+done
+echo
+echo "Answer first (the prediction starts with the reference, then a non-letter or the end):"
+echo
+echo "| method | all | colour | shape | count | position | word |"
+echo "|---|---|---|---|---|---|---|"
+for name in $METHODS; do
+  p="$OUT/$name/eval/predictions.jsonl"
+  row=$(jq -s -r 'def first_ok: .prediction as $p | .reference as $r | ($p | startswith($r))
+                    and (($p[($r | length):(($r | length) + 1)]) | test("^[A-Za-z]") | not);
+                  def share(f): (map(select(f)) | length) as $n
+                    | if $n == 0 then "-" else ((map(select(f) | select(first_ok)) | length) / $n * 1000 | round / 1000 | tostring) end;
+                  [share(true), share(.type == "color"), share(.type == "shape"), share(.type == "count"),
+                   share(.type == "position"), share(.type == "word")] | join(" | ")' "$p")
+  echo "| $name | $row |"
 done
