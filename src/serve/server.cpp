@@ -1,6 +1,11 @@
 // HTTP routes of `vadapt serve` on cpp-httplib.
 #include "serve/server.h"
 
+// cpp-httplib's default accept backlog is 5: with dozens of clients connecting at once the
+// kernel's accept queue overflows and some connections fail before any request is read (seen
+// as a client error in Serve.SixtyFourClientsTwiceWithBoundedMemory under load). This file is
+// the only one that instantiates httplib::Server.
+#define CPPHTTPLIB_LISTEN_BACKLOG 1024
 #include <httplib.h>
 
 #include <chrono>
