@@ -371,6 +371,13 @@ int64_t rows_of(const std::string& csv) {
   std::ifstream in(csv);
   return std::max<int64_t>(0, static_cast<int64_t>(std::count(std::istreambuf_iterator<char>(in), {}, '\n')) - 1);
 }
+// Sets keys of the first stage's train section of a recipe file; returns its path.
+std::string with_train(const std::string& recipe, const nlohmann::json& train) {
+  auto j = nlohmann::json::parse(vadapt::io::read_text_file(recipe));
+  for (const auto& [k, v] : train.items()) j["stages"][0]["train"][k] = v;
+  vadapt::io::write_text_atomic(recipe, j.dump(2));
+  return recipe;
+}
 }  // namespace
 
 // kill -9 at several moments of a run that saves a checkpoint every step (so most kills land in
@@ -381,13 +388,7 @@ TEST(Cli, KilledRunsResumeToTheUninterruptedRun) {
   vadapt::test::TinyVlmWorld w;
   TempDir out;
   auto recipe = [&](const std::string& name) {
-    const std::string path = write_lora_recipe(w, out.file(name + ".json"), 2, w.data);
-    auto r = nlohmann::json::parse(vadapt::io::read_text_file(path));
-    r["stages"][0]["train"]["max_steps"] = 30;
-    r["stages"][0]["train"]["save_every"] = 1;
-    r["stages"][0]["train"]["keep_last"] = 2;
-    vadapt::io::write_text_atomic(path, r.dump(2));
-    return path;
+    return with_train(write_lora_recipe(w, out.file(name + ".json"), 2, w.data), {{"max_steps", 30}, {"save_every", 1}, {"keep_last", 2}});
   };
   auto ref = run_cli("train --recipe " + recipe("ref") + " --out " + out.file("ref"));
   ASSERT_EQ(ref.rc, 0) << ref.err;
@@ -425,13 +426,7 @@ TEST(Cli, FullDiskWhileSavingStopsNamingTheFileAndKeepsTheLastCheckpoint) {
   if (std::system("command -v prlimit > /dev/null 2>&1") != 0) GTEST_SKIP() << "needs prlimit (util-linux)";
   vadapt::test::TinyVlmWorld w;
   TempDir out;
-  const std::string r = write_lora_recipe(w, out.file("r.json"), 2, w.data);
-  {
-    auto j = nlohmann::json::parse(vadapt::io::read_text_file(r));
-    j["stages"][0]["train"]["save_every"] = 4;
-    j["stages"][0]["train"]["keep_last"] = 0;
-    vadapt::io::write_text_atomic(r, j.dump(2));
-  }
+  const std::string r = with_train(write_lora_recipe(w, out.file("r.json"), 2, w.data), {{"save_every", 4}, {"keep_last", 0}});
   // Both runs: 4 steps (checkpoint-4), then resumed to 8 steps (checkpoint-8).
   auto train = [&](const std::string& dir, int64_t steps, const std::string& prefix = "") {
     return run_shell(prefix + VADAPT_BINARY + " train --recipe " + r + " --out " + dir + " --set stages.0.train.max_steps=" +
@@ -463,14 +458,8 @@ TEST(Cli, FullDiskWhileSavingStopsNamingTheFileAndKeepsTheLastCheckpoint) {
 TEST(Cli, KilledDataParallelWorkerStopsTheRunAndItResumes) {
   vadapt::test::TinyVlmWorld w;
   TempDir out;
-  const std::string r = write_lora_recipe(w, out.file("r.json"), 2, w.data);
-  {
-    auto j = nlohmann::json::parse(vadapt::io::read_text_file(r));
-    j["stages"][0]["train"]["max_steps"] = 30;
-    j["stages"][0]["train"]["save_every"] = 1;
-    j["stages"][0]["train"]["keep_last"] = 2;
-    vadapt::io::write_text_atomic(r, j.dump(2));
-  }
+  const std::string r =
+      with_train(write_lora_recipe(w, out.file("r.json"), 2, w.data), {{"max_steps", 30}, {"save_every", 1}, {"keep_last", 2}});
   auto ref = run_cli("train --nproc 2 --recipe " + r + " --out " + out.file("ref"));
   ASSERT_EQ(ref.rc, 0) << ref.err;
   const auto want = losses_of(out.file("ref/s/metrics.csv"));

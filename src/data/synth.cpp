@@ -259,7 +259,8 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
     // The conversation asks the image's questions in an order of their own (a generator apart
     // from the scene's, so the images and the other files stay as they were), so every type
     // also comes first, right after the image, as in the single-question files.
-    auto qs = questions_of(scene);
+    const auto questions = questions_of(scene);
+    auto qs = questions;
     SynthRng order(o.seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(i) + 1);
     for (size_t k = qs.size(); k > 1; --k) std::swap(qs[k - 1], qs[static_cast<size_t>(order.below(static_cast<int64_t>(k)))]);
     ojson turns = ojson::array();
@@ -267,7 +268,7 @@ SynthReport write_synthetic_dataset(const SynthOptions& o) {
       turns.push_back({{"from", "human"}, {"value", (turns.empty() ? "<image>\n" : "") + q.question}});
       turns.push_back({{"from", "gpt"}, {"value", q.answer}});
     }
-    for (const auto& q : questions_of(scene)) {
+    for (const auto& q : questions) {
       if (split == "test" && q.type == "color" && rep.example_image.empty()) {
         rep.example_image = (fs::path(o.out) / name).string();
         rep.example_question = q.question;
