@@ -493,3 +493,35 @@ TEST(Cli, KilledDataParallelWorkerStopsTheRunAndItResumes) {
   ASSERT_EQ(resumed.rc, 0) << resumed.err;
   EXPECT_EQ(losses_of(csv), want) << "every step once, with the uninterrupted run's loss";
 }
+
+// Bad training data stops `vadapt train` before the first step with every problem named by file
+// and record (a malformed record, a missing image; then, once those are dropped, a sample whose
+// answer max_seq_len would cut away); `--skip-bad` trains on the rest and says what it dropped.
+TEST(Cli, BadTrainingDataIsNamedBeforeTrainingAndSkipBadTrainsOnTheRest) {
+  vadapt::test::TinyVlmWorld w;
+  TempDir out;
+  auto records = nlohmann::json::parse(vadapt::io::read_text_file(w.data));
+  const size_t n = records.size();
+  std::string long_text;
+  for (int i = 0; i < 300; ++i) long_text += "red blue ";
+  records.push_back({{"id", "broken"}, {"conversations", {{{"from", "robot"}, {"value", "x"}}}}});
+  auto missing = records[0];
+  missing["id"] = "missing";
+  missing["image"] = "no-such-image.png";
+  records.push_back(missing);
+  records.push_back({{"id", "too_long"}, {"conversations", {{{"from", "human"}, {"value", long_text}}, {{"from", "gpt"}, {"value", "red"}}}}});
+  const std::string data = (std::filesystem::path(w.data).parent_path() / "bad.json").string();
+  vadapt::io::write_text_atomic(data, records.dump());
+  const std::string r = with_train(write_lora_recipe(w, out.file("r.json"), 2, data), {{"max_steps", 2}, {"max_seq_len", 256}});
+  auto a = run_cli("train --recipe " + r + " --out " + out.file("a"));
+  EXPECT_NE(a.rc, 0);
+  EXPECT_NE(a.err.find("bad.json"), std::string::npos) << a.err;
+  EXPECT_NE(a.err.find("record " + std::to_string(n)), std::string::npos) << a.err;  // the malformed one
+  EXPECT_FALSE(std::filesystem::exists(out.file("a/s/checkpoint-1")));
+  auto b = run_cli("train --skip-bad --recipe " + r + " --out " + out.file("b"));
+  ASSERT_EQ(b.rc, 0) << b.err;
+  EXPECT_NE(b.err.find("bad training records skipped"), std::string::npos) << b.err;
+  EXPECT_NE(b.err.find("bad.json record " + std::to_string(n + 2) + " (id too_long)"), std::string::npos) << b.err;
+  EXPECT_NE(b.err.find("would cut away every answer token"), std::string::npos) << b.err;
+  EXPECT_EQ(nlohmann::json::parse(b.out)[0]["steps"].get<int64_t>(), 2);
+}

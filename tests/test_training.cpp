@@ -420,6 +420,77 @@ TEST(Trainer, OneStepChangesOnlyTrainableTensorsAndSaveLoadIsBitwise) {
   EXPECT_TRUE(std::filesystem::exists(out.file("checkpoint-1/optimizer.pt")));
 }
 
+// The loss takes logits only at labelled positions; it equals cross-entropy over the full logits
+// with the unlabelled positions ignored (a padded batch of image and text-only samples).
+TEST(Trainer, LossFromLabelledPositionsOnlyEqualsTheFullLogitsLoss) {
+  World w;
+  vlm::VisionLanguageModel m(w.spec("lora"));
+  auto samples = vadapt::test::mixed_samples(w);
+  std::vector<size_t> idx(samples.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  auto b = vadapt::test::batch_of(m, samples, idx);
+  auto logits = vadapt::test::logits_of(m, b);  // (B, T, V)
+  auto labels = b.labels.narrow(1, 1, b.labels.size(1) - 1).reshape({-1});
+  auto want = torch::nn::functional::cross_entropy(logits.narrow(1, 0, logits.size(1) - 1).reshape({-1, logits.size(2)}), labels,
+                                                   torch::nn::functional::CrossEntropyFuncOptions().ignore_index(text::kIgnore).reduction(torch::kSum));
+  torch::NoGradGuard ng;
+  auto got = m.loss(b);
+  EXPECT_EQ(got.target_tokens, labels.ne(text::kIgnore).sum().item<int64_t>());
+  EXPECT_NEAR(got.loss_sum, want.item<double>(), 1e-4 * std::abs(want.item<double>()));
+}
+
+TEST(Trainer, PreScanReportsUntrainableAndOverLongSamplesWithFileAndRecordBeforeTheFirstStep) {
+  World w;
+  vlm::VisionLanguageModel m(w.spec("lora"));
+  TempDir tmp;
+  std::string long_text;
+  for (int i = 0; i < 300; ++i) long_text += "red blue ";
+  auto rec = [](const std::string& id, const std::string& q, const std::string& a) {
+    return nlohmann::json{{"id", id}, {"conversations", {{{"from", "human"}, {"value", q}}, {{"from", "gpt"}, {"value", a}}}}};
+  };
+  io::write_text_atomic(tmp.file("t.json"), nlohmann::json{rec("ok", "Say red.", "red"), rec("long_answer", "Say it.", long_text),
+                                                           rec("long_question", long_text, "red")}.dump());
+  io::write_text_atomic(tmp.file("long.json"), nlohmann::json{rec("a", "Say it.", long_text), rec("b", long_text, "red")}.dump());
+  const auto samples = data::load_dataset(tmp.file("t.json"), {});
+  TempDir out;
+  train::TrainConfig cfg;
+  cfg.max_steps = 1;
+  cfg.batch_size = 2;
+  cfg.max_seq_len = 256;
+  cfg.out_dir = out.path();
+  auto error_of = [&](const std::vector<data::Sample>& train, const train::TrainConfig& c) -> std::string {
+    try {
+      train::Trainer t(m, train, {}, c);
+      return "";
+    } catch (const VadaptError& e) {
+      return e.what();
+    }
+  };
+  // The question alone fills max_seq_len: nothing of the answer would be learned. An error naming
+  // the file and record before any step, unless skip_bad drops it.
+  std::string e = error_of(samples, cfg);
+  EXPECT_NE(e.find("training data: 1 of 3 samples cannot be trained"), std::string::npos) << e;
+  EXPECT_NE(e.find("t.json record 2 (id long_question)"), std::string::npos) << e;
+  EXPECT_NE(e.find("would cut away every answer token"), std::string::npos) << e;
+  EXPECT_EQ(e.find("long_answer"), std::string::npos) << e;  // truncated (the default), not an error
+  auto c = cfg;
+  c.skip_bad = true;
+  EXPECT_EQ(error_of(samples, c), "");
+  train::Trainer t(m, samples, {}, c);
+  EXPECT_EQ(t.fit().steps, 1);
+  // long_samples: error refuses what is longer than max_seq_len, naming it.
+  c.long_samples = "error";
+  e = error_of(samples, c);
+  EXPECT_NE(e.find("1 of 3 samples are longer than train.max_seq_len 256"), std::string::npos) << e;
+  EXPECT_NE(e.find("t.json record 1 (id long_answer)"), std::string::npos) << e;
+  // long_samples: skip drops them; a set with nothing left says so.
+  c.long_samples = "skip";
+  c.skip_bad = false;
+  EXPECT_EQ(error_of(samples, c), "");
+  e = error_of(data::load_dataset(tmp.file("long.json"), {}), c);
+  EXPECT_NE(e.find("no training sample is left after the pre-scan"), std::string::npos) << e;
+}
+
 TEST(Trainer, ResumeContinuesTheSameLossCurveBitwise) {
   World w;
   auto samples = data::load_dataset(w.data, {});

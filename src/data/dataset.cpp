@@ -161,6 +161,7 @@ std::vector<Sample> load_llava(const std::string& path, const LoadOptions& o, Lo
     guarded(o, rep, [&] {
       const auto idx = static_cast<int64_t>(i);
       out.push_back(alpaca ? parse_alpaca(j[i], path, idx, o.image_root) : parse_llava(j[i], path, idx, o.image_root, o.image_placement));
+      out.back().origin = cat(path, " record ", i);
     });
   return out;
 }
@@ -188,6 +189,7 @@ std::vector<Sample> load_coco(const std::string& path, const LoadOptions& o, Loa
       s.id = a.contains("id") ? a["id"].dump() : std::to_string(i);
       s.image = resolve(o.image_root, f->second);
       s.conv.turns = {{"user", text::kImageTag}, {"assistant", a["caption"].get<std::string>()}};
+      s.origin = cat(path, " annotations[", i, "]");
       out.push_back(std::move(s));
     });
   }
@@ -217,6 +219,7 @@ std::vector<Sample> load_jsonl(const std::string& path, const LoadOptions& o, Lo
       std::string prompt = r.contains("prompt") && r["prompt"].is_string() ? r["prompt"].get<std::string>() : "";
       s.conv.turns = {{"user", s.image.empty() ? prompt : std::string(text::kImageTag) + (prompt.empty() ? "" : "\n" + prompt)},
                       {"assistant", r["text"].get<std::string>()}};
+      s.origin = cat(path, " line ", index + 1);
       out.push_back(std::move(s));
     });
   }
@@ -299,6 +302,7 @@ std::vector<Sample> load_scienceqa(const std::string& path, const LoadOptions& o
       }
       s.conv.turns = {{"user", text}, {"assistant", target}};
       s.type = p.value("subject", "");
+      s.origin = cat(path, " problem ", pid);
       s.tags = {{"subject", p.value("subject", "")},
                 {"grade", p.value("grade", "")},
                 {"has_context", hint.empty() ? "0" : "1"},

@@ -28,6 +28,9 @@ struct Sample {
   std::vector<std::string> frames;
   text::Conversation conv;
   std::string type;  // question type / category for per-type scores (the record's "type" field)
+  // Where the record is: "<file> record 12" (JSON lists), "line 13" (JSONL), "annotations[5]"
+  // (COCO), "problem <pid>" (ScienceQA); errors found later (training's pre-scan) name it.
+  std::string origin;
   // ScienceQA metadata (format scienceqa): subject, grade, has_context ("1"/"0"), choices (count).
   std::map<std::string, std::string> tags;
 };

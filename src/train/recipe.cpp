@@ -208,7 +208,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       methods::check_keys(*tj, {"epochs", "max_steps", "batch_size", "grad_accum", "lr", "blr", "lr_projector", "weight_decay", "beta1",
                        "beta2", "eps", "max_grad_norm", "warmup_ratio", "warmup_epochs", "schedule", "max_seq_len", "seed", "log_every",
                        "save_every", "keep_last", "eval_every", "eval_batches", "precision", "plot", "group_by_modality_length",
-                       "lr_groups"}, w);
+                       "lr_groups", "long_samples"}, w);
       get_into(tj, "epochs", t.epochs, w);
       get_into(tj, "max_steps", t.max_steps, w);
       get_into(tj, "batch_size", t.batch_size, w);
@@ -234,6 +234,9 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
       get_into(tj, "eval_batches", t.eval_batches, w);
       get_into(tj, "precision", t.precision, w);
       get_into(tj, "plot", t.plot, w);
+      get_into(tj, "long_samples", t.long_samples, w);
+      if (t.long_samples != "truncate" && t.long_samples != "skip" && t.long_samples != "error")
+        raise(w, "long_samples", "expected truncate, skip or error, got '", t.long_samples, "'");
       if (tj->contains("lr_groups")) {
         const auto& g = (*tj)["lr_groups"];
         if (!g.is_object()) raise(w, "lr_groups", "must be a mapping of parameter group name to lr (e.g. {visual: 1e-3, prompts: 5e-4})");

@@ -25,7 +25,7 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
     data::LoadOptions lo;
     lo.format = st.data.format;
     lo.image_root = st.data.image_root;
-    lo.skip_bad = st.data.skip_bad;
+    lo.skip_bad = st.data.skip_bad || o.skip_bad;
     lo.image_placement = st.data.image_placement;
     lo.scienceqa_format = st.data.scienceqa_format;
     lo.limit = st.data.limit;
@@ -60,6 +60,7 @@ std::vector<StageResult> run_recipe(const Recipe& r, const std::string& out_dir,
     if (!o.precision.empty()) cfg.precision = o.precision;
     cfg.plot = cfg.plot || o.plot;
     cfg.comm = o.comm;
+    cfg.skip_bad = lo.skip_bad;
     Trainer t(m, std::move(train_set), std::move(val_set), cfg);
     StageResult sr{st.name, cfg.out_dir, t.fit()};
     out.push_back(sr);

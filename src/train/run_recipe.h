@@ -21,6 +21,7 @@ struct RunOptions {
   torch::Device device = torch::kCPU;
   std::string precision;   // overrides every stage's train.precision when set
   bool plot = false;       // loss.png for every stage
+  bool skip_bad = false;   // every stage as with data.skip_bad: true (--skip-bad)
   std::shared_ptr<Communicator> comm;  // data-parallel process group, or nullptr
 };
 

@@ -4,6 +4,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -53,14 +54,86 @@ Trainer::Trainer(vlm::VisionLanguageModel& model, std::vector<data::Sample> trai
   for (const auto* set : {&train_, &val_})  // before training starts, not mid-epoch
     for (const auto& s : *set)
       if (!s.frames.empty()) methods::check_images_per_input(m_.method(), s.frames.size() + 1, "sample " + s.id, "sample");
+  prescan(train_, "training");
+  if (train_.empty()) throw VadaptError("train: no training sample is left after the pre-scan");
+  prescan(val_, "validation");
 }
 
-text::EncodedPrompt Trainer::encode(const data::Sample& s) const {
+namespace {
+std::string where_is(const data::Sample& s) { return s.origin.empty() ? "sample " + s.id : cat(s.origin, " (id ", s.id, ")"); }
+
+// Up to `n` findings, one per line.
+std::string listing(const std::vector<std::string>& lines, size_t n = 8) {
+  std::string out;
+  for (size_t i = 0; i < lines.size() && i < n; ++i) out += "\n  " + lines[i];
+  if (lines.size() > n) out += cat("\n  ... and ", lines.size() - n, " more");
+  return out;
+}
+}  // namespace
+
+void Trainer::prescan(std::vector<data::Sample>& set, const std::string& what) {
+  if (set.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<std::string> bad, long_lines;
+  std::vector<char> drop(set.size(), 0);
+  int64_t longest = 0, n_long = 0, n_bad = 0;
+  for (size_t i = 0; i < set.size(); ++i) {
+    const auto& s = set[i];
+    try {
+      auto e = encode_full(s);
+      const auto n = static_cast<int64_t>(e.ids.size());
+      if (n <= cfg_.max_seq_len) continue;
+      int64_t last_img = -1;
+      for (int64_t k = 0; k < n; ++k)
+        if (e.ids[static_cast<size_t>(k)] == text::kImageToken) last_img = k;
+      const bool answer_kept = std::any_of(e.labels.begin(), e.labels.begin() + cfg_.max_seq_len, [](int64_t l) { return l != text::kIgnore; });
+      if (last_img >= cfg_.max_seq_len)
+        throw VadaptError(cat(n, " tokens: its image tokens end at position ", last_img + 1, ", beyond max_seq_len ", cfg_.max_seq_len));
+      if (!answer_kept && cfg_.long_samples != "skip")
+        throw VadaptError(cat(n, " tokens: max_seq_len ", cfg_.max_seq_len, " would cut away every answer token"));
+      ++n_long;
+      longest = std::max(longest, n);
+      long_lines.push_back(cat(where_is(s), ": ", n, " tokens"));
+      if (cfg_.long_samples == "skip") drop[i] = 1;
+    } catch (const VadaptError& e) {
+      ++n_bad;
+      drop[i] = 1;
+      bad.push_back(cat(where_is(s), ": ", e.what()));
+    }
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const bool lead = rank() == 0;
+  if (lead && secs > 2) log_info(cat("pre-scan: encoded ", set.size(), " ", what, " samples in ", secs, " s"));
+  if (n_long > 0 && cfg_.long_samples == "error")
+    throw VadaptError(cat(what, " data: ", n_long, " of ", set.size(), " samples are longer than train.max_seq_len ", cfg_.max_seq_len,
+                          " tokens (longest ", longest, "); raise max_seq_len or set train.long_samples: truncate | skip", listing(long_lines)));
+  if (n_bad > 0 && !cfg_.skip_bad)
+    throw VadaptError(cat(what, " data: ", n_bad, " of ", set.size(), " samples cannot be trained (set data.skip_bad: true, or "
+                          "--skip-bad, to drop them):", listing(bad)));
+  if (lead && n_bad > 0) log_warn(cat(what, " data: skipped ", n_bad, " of ", set.size(), " samples that cannot be trained:", listing(bad, 3)));
+  if (lead && n_long > 0)
+    log_warn(cat(what, " data: ", n_long, " of ", set.size(), " samples are longer than train.max_seq_len ", cfg_.max_seq_len, " tokens (longest ",
+                 longest, "), ", cfg_.long_samples == "skip" ? "skipped" : "truncated from the end",
+                 " (train.long_samples: truncate | skip | error):", listing(long_lines, 3)));
+  if (n_bad == 0 && (n_long == 0 || cfg_.long_samples != "skip")) return;
+  std::vector<data::Sample> kept;
+  kept.reserve(set.size());
+  for (size_t i = 0; i < set.size(); ++i)
+    if (!drop[i]) kept.push_back(std::move(set[i]));
+  set = std::move(kept);
+}
+
+text::EncodedPrompt Trainer::encode_full(const data::Sample& s) const {
   auto segs = m_.chat_template().segments(s.conv, false);
   auto e = text::encode_segments(m_.tokenizer(), segs, m_.image_tokens());
   if (s.image.empty() && e.num_images > 0) throw VadaptError(cat("sample ", s.id, ": <image> in a text-only sample"));
   if (!s.image.empty() && e.num_images != 1)
     throw VadaptError(cat("sample ", s.id, ": expected exactly one <image> in the prompt, found ", e.num_images));
+  return e;
+}
+
+text::EncodedPrompt Trainer::encode(const data::Sample& s) const {
+  auto e = encode_full(s);
   if (static_cast<int64_t>(e.ids.size()) > cfg_.max_seq_len) {
     // Truncate from the end; never cut through the image tokens.
     int64_t last_img = -1;

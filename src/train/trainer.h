@@ -38,6 +38,14 @@ struct TrainConfig {
   // only text samples, longest first within it; the two leftovers form one last mixed batch.
   bool group_by_modality_length = false;
   int64_t max_seq_len = 512;
+  // Samples longer than max_seq_len (found by the pre-scan before the first step, reported with
+  // file and record): "truncate" keeps their first max_seq_len tokens (LLaVA's tokenizer
+  // truncation), "skip" drops them, "error" stops before training.
+  std::string long_samples = "truncate";
+  // data.skip_bad: samples the pre-scan finds untrainable (a prompt the template refuses, an
+  // image count the method cannot take, image tokens or the whole answer beyond max_seq_len) are
+  // dropped and counted instead of stopping the run before it starts.
+  bool skip_bad = false;
   uint64_t seed = 0;
   int64_t log_every = 10;
   int64_t save_every = 0;   // optimizer steps; 0: only at the end
@@ -79,7 +87,13 @@ class Trainer {
   const std::vector<double>& losses() const { return losses_; }
 
  private:
+  // The whole prompt with its labels; throws for a sample that cannot be encoded as one input.
+  text::EncodedPrompt encode_full(const data::Sample& s) const;
+  // encode_full, then cut to max_seq_len.
   text::EncodedPrompt encode(const data::Sample& s) const;
+  // Encodes every sample of `set` once before training, drops or refuses what cannot be trained
+  // and applies long_samples; `what` names the set in the report.
+  void prescan(std::vector<data::Sample>& set, const std::string& what);
   vlm::Batch make_batch(const std::vector<data::Sample>& data, const std::vector<size_t>& idx) const;
   std::vector<size_t> epoch_order(int64_t epoch) const;
   int rank() const { return cfg_.comm ? cfg_.comm->rank() : 0; }

@@ -74,16 +74,18 @@ LossResult VisionLanguageModel::loss(const Batch& b) {
   model::ForwardContext ctx;
   if (!in.state.empty()) ctx.adapter_state = &in.state;
   if (b.mask.defined() && b.mask.min().item<int64_t>() == 0) ctx.attention_mask = b.mask.to(device_);
-  auto logits = lm_->logits(lm_->forward_embeds(in.embeds, ctx));                  // (B, T, V)
-  auto shift_logits = logits.narrow(1, 0, logits.size(1) - 1).to(torch::kFloat32);  // (B, T-1, V)
-  auto shift_labels = b.labels.to(device_).narrow(1, 1, b.labels.size(1) - 1);      // (B, T-1)
-  auto flat_logits = shift_logits.reshape({-1, shift_logits.size(-1)});
-  auto flat_labels = shift_labels.reshape({-1});
+  auto h = lm_->forward_embeds(in.embeds, ctx);                                     // (B, T, d)
+  // Logits only where a label is: with image tokens and prompts most positions have none, and
+  // the output head over them (B x T x vocab) would cost more than the rest of the step.
+  auto shift_h = h.narrow(1, 0, h.size(1) - 1).reshape({-1, h.size(2)});            // (B*(T-1), d)
+  auto flat_labels = b.labels.to(device_).narrow(1, 1, b.labels.size(1) - 1).reshape({-1});  // (B*(T-1))
+  auto at = flat_labels.ne(text::kIgnore).nonzero().view({-1});                    // (N,)
   LossResult r;
-  r.target_tokens = flat_labels.ne(text::kIgnore).sum().item<int64_t>();
-  auto sum = torch::nn::functional::cross_entropy(
-      flat_logits, flat_labels,
-      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(text::kIgnore).reduction(torch::kSum));
+  r.target_tokens = at.size(0);
+  auto logits = lm_->logits(shift_h.index_select(0, at)).to(torch::kFloat32);      // (N, V)
+  auto sum = r.target_tokens == 0 ? h.sum() * 0.0
+                                  : torch::nn::functional::cross_entropy(logits, flat_labels.index_select(0, at),
+                                                                         torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum));
   r.loss_sum = sum.item<double>();
   r.sum = sum;
   r.loss = sum / std::max<int64_t>(r.target_tokens, 1);

@@ -152,7 +152,7 @@ struct TrainArgs {
   std::string recipe, out, stage, resume, device = "cpu", precision;
   std::vector<std::string> overrides;
   int nproc = 1;
-  bool plot = false, verbose = false;
+  bool plot = false, verbose = false, skip_bad = false;
 };
 
 int run_train(const TrainArgs& a) {
@@ -170,6 +170,7 @@ int run_train(const TrainArgs& a) {
   ro.resume = a.resume;
   ro.precision = a.precision;
   ro.plot = a.plot;
+  ro.skip_bad = a.skip_bad;
   Stopwatch sw;
   auto results = train::run_recipe(recipe, a.out, ro);
   if (rank != 0) return 0;  // stdout carries one result
@@ -648,6 +649,8 @@ int main(int argc, char** argv) {
   tr->add_option("--nproc", ta.nproc, "data-parallel workers on this machine (c10d Gloo); RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT "
                  "in the environment join a multi-machine group instead")->check(CLI::PositiveNumber);
   tr->add_flag("--plot", ta.plot, "write loss.png beside metrics.csv");
+  tr->add_flag("--skip-bad", ta.skip_bad, "drop malformed records, missing images and samples that cannot be trained (counted and "
+               "listed with file and record) instead of stopping before training; every stage, as data.skip_bad: true");
 
   data::SynthOptions so;
   auto* sy = app.add_subcommand("synth", "render the synthetic shapes-and-words dataset (deterministic by seed)");
