@@ -5,10 +5,11 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential cmake ccache pkg-config
-  libtorch-dev libopenblas0-pthread libgloo-dev
+  libtorch-dev libopenblas0-pthread libblas-dev libgloo-dev
   libsentencepiece-dev nlohmann-json3-dev libcli11-dev libgtest-dev
   libstb-dev libjpeg62-turbo-dev libwebp-dev libpcre2-dev libyaml-cpp-dev libssl-dev libcpp-httplib-dev
   fonts-dejavu-core jq
+  clang libclang-rt-14-dev
   nodejs chromium
   libtesseract-dev tesseract-ocr-eng
 )

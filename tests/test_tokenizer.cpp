@@ -5,6 +5,7 @@
 #include "common/error.h"
 #include "fixtures.h"
 #include "io/atomic_file.h"
+#include "io/json_file.h"
 #include "text/tokenizer.h"
 
 using namespace vadapt;
@@ -51,4 +52,15 @@ TEST(Tokenizer, MissingAndBadFilesAreNamed) {
   EXPECT_THROW(text::load_tokenizer(tmp.path()), VadaptError);
   io::write_text_atomic(tmp.file("tokenizer.json"), "{not json");
   EXPECT_THROW(text::load_tokenizer(tmp.path()), VadaptError);
+  // Found by fuzz_tokenizer_json: a field of the wrong type escaped as nlohmann's type_error.
+  vadapt::test::write_tiny_tokenizer(tmp.path(), 300);
+  auto j = io::read_json(tmp.file("tokenizer.json"));
+  j["pre_tokenizer"]["add_prefix_space"] = 1;
+  io::write_text_atomic(tmp.file("tokenizer.json"), j.dump());
+  try {
+    text::load_tokenizer(tmp.path());
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("field of an unexpected type"), std::string::npos) << e.what();
+  }
 }

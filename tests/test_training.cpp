@@ -254,6 +254,24 @@ TEST(Data, MalformedRecordsNameFileIndexAndField) {
   } catch (const VadaptError& e) {
     EXPECT_NE(std::string(e.what()).find("1 image file(s) not found"), std::string::npos) << e.what();
   }
+  // COCO images and ScienceQA choices of the wrong type are named (they escaped as nlohmann
+  // exceptions before; found by fuzz_data_coco / fuzz_data_scienceqa).
+  io::write_text_atomic(tmp.file("captions_x.json"), R"({"images": [{"id": 1.5, "file_name": "a.jpg"}], "annotations": []})");
+  data::LoadOptions no_images;
+  no_images.check_images = false;
+  try {
+    data::load_dataset(tmp.file("captions_x.json"), no_images);
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("images[0]"), std::string::npos) << e.what();
+  }
+  io::write_text_atomic(tmp.file("problems.json"), R"({"1": {"question": "q", "choices": ["a", 2], "answer": 0}})");
+  try {
+    data::load_dataset(tmp.file("problems.json"), no_images);
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("problem 1 field 'choices'"), std::string::npos) << e.what();
+  }
   io::write_text_atomic(tmp.file("c.jsonl"), "{\"text\": \"a\"}\n{\"txt\": 1}\n");
   EXPECT_THROW(data::load_dataset(tmp.file("c.jsonl"), {}), VadaptError);
 }
@@ -343,6 +361,45 @@ TEST(Recipe, SystemPromptAppliesToStagesWhoseTemplateHasOneAndIsSaved) {
     EXPECT_NE(std::string(e.what()).find("system_prompt"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("plain"), std::string::npos) << e.what();
   }
+}
+
+// Found by fuzz_recipe: YAML takes any bytes, and a value that is not UTF-8 made the error
+// message itself throw (nlohmann's dump) instead of naming the key; such a recipe would also
+// have failed only when saving adapter_config.json at the end of training.
+TEST(Recipe, TextThatIsNotUtf8IsRefusedAtItsKey) {
+  TempDir tmp;
+  io::write_text_atomic(tmp.file("r.yaml"), "method: llava\nmodel: {llm: /m, system_prompt: \"caf\xe9\"}\nstages: [{name: s, data: {train: x.json}}]\n");
+  try {
+    train::load_recipe(tmp.file("r.yaml"), {});
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("model.system_prompt"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("is not UTF-8 text"), std::string::npos) << e.what();
+  }
+  nlohmann::json bad = std::string("\xff\xfe");
+  EXPECT_EQ(io::show(bad), "\"\xef\xbf\xbd\xef\xbf\xbd\"");
+  try {
+    io::json_get<int64_t>(nlohmann::json{{"k", bad}}, "k", "f.json");
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("has the wrong type (string"), std::string::npos) << e.what();
+  }
+  // Found by fuzz_config / fuzz_tokenizer_json / fuzz_data_*: a number too large for a double
+  // made read_json throw nlohmann's out_of_range instead of an error naming the file.
+  io::write_text_atomic(tmp.file("big.json"), R"({"hidden_size": 1e0050000})");
+  try {
+    io::read_json(tmp.file("big.json"));
+    FAIL();
+  } catch (const VadaptError& e) {
+    EXPECT_NE(std::string(e.what()).find("big.json"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("number overflow"), std::string::npos) << e.what();
+  }
+  // Also found by fuzz_recipe: an integer key given 2.2e72 was cast to int64 (undefined
+  // behaviour, a garbage value); a whole number written as a float is still accepted.
+  EXPECT_THROW(io::json_get<int64_t>(nlohmann::json{{"k", 2.2e72}}, "k", "f.json"), VadaptError);
+  EXPECT_THROW(io::json_get<int64_t>(nlohmann::json{{"k", 1.5}}, "k", "f.json"), VadaptError);
+  EXPECT_EQ(io::json_get<int64_t>(nlohmann::json{{"k", 3.0}}, "k", "f.json"), 3);
+  EXPECT_EQ(io::json_get_or<int>(nlohmann::json{{"k", -7.0}}, "k", 0, "f.json"), -7);
 }
 
 TEST(Recipe, UnknownKeysAndBadValuesAreNamed) {

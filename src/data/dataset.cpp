@@ -171,9 +171,11 @@ std::vector<Sample> load_coco(const std::string& path, const LoadOptions& o, Loa
   if (!j.is_object() || !j.contains("images") || !j.contains("annotations"))
     raise(path, "", "expected a COCO captions file with 'images' and 'annotations'");
   std::map<int64_t, std::string> files;
+  if (!j["images"].is_array() || !j["annotations"].is_array()) raise(path, "", "'images' and 'annotations' must be lists");
   for (size_t i = 0; i < j["images"].size(); ++i) {
     const auto& im = j["images"][i];
-    if (!im.contains("id") || !im.contains("file_name")) raise(path, cat("images[", i, "]"), "needs id and file_name");
+    if (!im.is_object() || !im.contains("id") || !im["id"].is_number_integer() || !im.contains("file_name") || !im["file_name"].is_string())
+      raise(path, cat("images[", i, "]"), "needs an integer id and a file_name string");
     files[im["id"].get<int64_t>()] = im["file_name"].get<std::string>();
   }
   std::vector<Sample> out;
@@ -257,7 +259,8 @@ std::vector<Sample> load_scienceqa(const std::string& path, const LoadOptions& o
       };
       if (!p.is_object()) throw BadRecord(path, rec, "must be an object");
       const std::string question = need_string("question");
-      if (!p.contains("choices") || !p["choices"].is_array() || p["choices"].empty() || p["choices"].size() > 26)
+      if (!p.contains("choices") || !p["choices"].is_array() || p["choices"].empty() || p["choices"].size() > 26 ||
+          !std::all_of(p["choices"].begin(), p["choices"].end(), [](const nlohmann::json& c) { return c.is_string(); }))
         throw BadRecord(path, rec + " field 'choices'", "expected a list of 1-26 strings");
       if (!p.contains("answer") || !p["answer"].is_number_integer() || p["answer"].get<int64_t>() < 0 ||
           p["answer"].get<size_t>() >= p["choices"].size())

@@ -11,6 +11,8 @@ nlohmann::json read_json(const std::string& path) {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     raise(path, "", "invalid JSON at byte ", e.byte, ": ", e.what());
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number too large for a double (found by the fuzzers)
+    raise(path, "", "invalid JSON: ", e.what());
   }
 }
 

@@ -53,6 +53,14 @@ std::vector<std::string> plugin_candidates() {
   return c;
 }
 
+// RTLD_DEEPBIND keeps the plugin's protobuf apart from libtorch's copy. The sanitizer runtimes
+// refuse it; the libFuzzer target that loads the plugin links no libtorch and defines this.
+#ifdef VADAPT_SP_NO_DEEPBIND
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+
 const SentencePiecePlugin& plugin() {
   static SentencePiecePlugin api{};
   static std::string failure;
@@ -61,7 +69,7 @@ const SentencePiecePlugin& plugin() {
     void* lib = nullptr;
     std::string tried;
     for (const auto& path : plugin_candidates()) {
-      lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+      lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | kDeepBind);
       if (lib) break;
       tried += "\n  " + path + ": " + dlerror();
     }

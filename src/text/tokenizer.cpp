@@ -21,6 +21,9 @@ std::string token_string(const nlohmann::json& j) {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
+  // A field of the wrong type somewhere in tokenizer.json / tokenizer_config.json (found by
+  // fuzz_tokenizer_json: e.g. pre_tokenizer.add_prefix_space given a number) names the folder.
+  try {
   namespace fs = std::filesystem;
   fs::path d(dir);
   std::unique_ptr<Tokenizer> tok;
@@ -66,6 +69,9 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
     set_id("pad_token", tok->pad_id_);
   }
   return tok;
+  } catch (const nlohmann::json::exception& e) {
+    raise(dir, "", "tokenizer files have a field of an unexpected type: ", e.what());
+  }
 }
 
 StreamDecoder::StreamDecoder(const Tokenizer& tok, std::vector<int64_t> context) : tok_(tok), ids_(std::move(context)) {

@@ -104,13 +104,40 @@ std::string default_feature_cache_dir() {
   return ".vadapt-cache/features";
 }
 
+namespace {
+// YAML takes any bytes; a recipe's text must be UTF-8 (it is written to adapter_config.json and
+// into prompts), so a file in another encoding is refused here, at the key, not when saving.
+void check_utf8(const nlohmann::json& j, const std::string& path, const std::string& key) {
+  auto bad = [&](const std::string& s) {
+    try {
+      (void)nlohmann::json(s).dump();
+      return false;
+    } catch (const nlohmann::json::exception&) {
+      return true;
+    }
+  };
+  if (j.is_string() && bad(j.get<std::string>())) raise(path, key, "is not UTF-8 text (save the recipe as UTF-8)");
+  if (j.is_array())
+    for (size_t i = 0; i < j.size(); ++i) check_utf8(j[i], path, cat(key, "[", i, "]"));
+  if (j.is_object())
+    for (const auto& [k, v] : j.items()) {
+      const std::string sub = key.empty() ? k : key + "." + k;
+      if (bad(k)) raise(path, io::show(sub), "is a key that is not UTF-8 text (save the recipe as UTF-8)");
+      check_utf8(v, path, sub);
+    }
+}
+}  // namespace
+
 nlohmann::json yaml_file_to_json(const std::string& path) {
   if (!std::filesystem::exists(path)) raise(path, "", "recipe file does not exist");
+  nlohmann::json j;
   try {
-    return to_json(YAML::LoadFile(path));
+    j = to_json(YAML::LoadFile(path));
   } catch (const YAML::Exception& e) {
     raise(path, "", "invalid YAML at line ", e.mark.line + 1, ": ", e.msg);
   }
+  check_utf8(j, path, "");
+  return j;
 }
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
@@ -118,6 +145,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
   r.source = path;
   r.raw = yaml_file_to_json(path);
   for (const auto& o : overrides) apply_override(r.raw, o, "--set");
+  if (!overrides.empty()) check_utf8(r.raw, path, "");
   const auto& top = r.raw;
   if (!top.is_object()) raise(path, "", "a recipe must be a mapping");
   if (!top.contains("stages") || !top["stages"].is_array() || top["stages"].empty())
@@ -241,7 +269,7 @@ Recipe load_recipe(const std::string& path, const std::vector<std::string>& over
         const auto& g = (*tj)["lr_groups"];
         if (!g.is_object()) raise(w, "lr_groups", "must be a mapping of parameter group name to lr (e.g. {visual: 1e-3, prompts: 5e-4})");
         for (const auto& [k, v] : g.items()) {
-          if (!v.is_number()) raise(w, "lr_groups." + k, "must be a number, got ", v.dump());
+          if (!v.is_number()) raise(w, "lr_groups." + k, "must be a number, got ", io::show(v));
           t.lr_groups[k] = v.get<double>();
         }
       }
