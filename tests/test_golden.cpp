@@ -11,6 +11,7 @@
 #include "generate/generator.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
+#include "model/fast_decode.h"
 #include "model/llama.h"
 #include "text/tokenizer.h"
 #include "vision/image.h"
@@ -56,6 +57,15 @@ TEST(GoldenStories260K, LogitsAtEveryPositionMatchLlama2c) {
   std::vector<torch::Tensor> steps;
   for (int64_t t = 0; t < ids.size(1); ++t) steps.push_back(lm->forward(ids.narrow(1, t, 1), ctx)[0]);
   EXPECT_TRUE(tensors_close(torch::cat(steps, 0), expected, 1e-4));
+  // The fast decode step (what generation uses on the CPU), one token at a time likewise.
+  auto fast = model::FastDecoder::make(*lm);
+  ASSERT_TRUE(fast);
+  auto fast_cache = lm->make_cache(1, ids.size(1));
+  model::ForwardContext fctx;
+  fctx.cache = &fast_cache;
+  std::vector<torch::Tensor> fast_steps;
+  for (int64_t t = 0; t < ids.size(1); ++t) fast_steps.push_back(fast->step(ids.select(1, t), fctx));
+  EXPECT_TRUE(tensors_close(torch::cat(fast_steps, 0), expected, 1e-4));
 }
 
 TEST(GoldenStories260K, GreedyIdsMatchLlama2c) {
@@ -69,10 +79,14 @@ TEST(GoldenStories260K, GreedyIdsMatchLlama2c) {
   generate::GenerateOptions opts;
   opts.max_new_tokens = static_cast<int64_t>(want.size() - prompt.size());
   opts.stop_at_eos = false;
-  auto res = generate::Generator(lm).generate({prompt}, opts);
-  std::vector<int64_t> got = prompt;
-  got.insert(got.end(), res.tokens[0].begin(), res.tokens[0].end());
-  EXPECT_EQ(got, want);
+  for (const char* fast : {"1", "0"}) {  // the fast decode step, then the modules
+    setenv("VADAPT_FAST_DECODE", fast, 1);
+    auto res = generate::Generator(lm).generate({prompt}, opts);
+    std::vector<int64_t> got = prompt;
+    got.insert(got.end(), res.tokens[0].begin(), res.tokens[0].end());
+    EXPECT_EQ(got, want) << "VADAPT_FAST_DECODE=" << fast;
+  }
+  unsetenv("VADAPT_FAST_DECODE");
 }
 
 TEST(GoldenViTTiny, HiddenStatesAndLogitsMatchTorchvision) {

@@ -7,6 +7,7 @@
 #include "fixtures.h"
 #include "io/atomic_file.h"
 #include "io/json_file.h"
+#include "model/fast_decode.h"
 #include "model/llama.h"
 #include "model/load.h"
 
@@ -46,6 +47,45 @@ TEST_P(LlamaVariants, KVCacheDecodeEqualsFullRecompute) {
   for (int64_t t = 5; t < 12; ++t) steps.push_back(lm->forward(ids.narrow(1, t, 1), ctx));
   EXPECT_TRUE(tensors_close(torch::cat(steps, 1), full, 1e-5));
   EXPECT_EQ(cache.length(), 12);
+}
+
+// The fast decode step (cblas + loops, no per-op dispatch) = the module path: the same logits
+// within 1e-4 at every step and the same cache, for one row and for a left-padded batch of three
+// (per-row positions and key mask), and = the full recompute.
+TEST_P(LlamaVariants, FastDecodeStepEqualsTheModulePath) {
+  auto [gqa, tied, bias] = GetParam();
+  TempDir tmp;
+  auto lm = load_fixture(tmp, vadapt::test::tiny_llama_config(gqa, tied, bias));
+  torch::NoGradGuard ng;
+  std::string why;
+  auto fast = model::FastDecoder::make(*lm, &why);
+  ASSERT_TRUE(fast) << why;
+  for (int64_t b : {1, 3}) {
+    auto ids = torch::randint(0, 300, {b, 12}, torch::kInt64);
+    auto key_mask = torch::ones({b, 12}, torch::kInt64);
+    if (b > 1) key_mask[1].narrow(0, 0, 3).zero_(), key_mask[2].narrow(0, 0, 1).zero_();  // left padding
+    auto pos = (key_mask.cumsum(1) - 1).clamp_min(0);
+    auto ref_cache = lm->make_cache(b, 12), fast_cache = lm->make_cache(b, 12);
+    model::ForwardContext ref, fst;
+    ref.cache = &ref_cache, fst.cache = &fast_cache;
+    for (auto* c : {&ref, &fst}) {
+      c->attention_mask = key_mask.narrow(1, 0, 5);
+      c->position_ids = pos.narrow(1, 0, 5);
+      lm->forward(ids.narrow(1, 0, 5), *c);  // prefill 5 through the modules
+    }
+    std::vector<torch::Tensor> steps;
+    for (int64_t t = 5; t < 12; ++t) {
+      for (auto* c : {&ref, &fst}) c->attention_mask = key_mask.narrow(1, 0, t + 1), c->position_ids = pos.narrow(1, t, 1);
+      auto want = lm->forward(ids.narrow(1, t, 1), ref).select(1, 0);  // (B, V)
+      auto got = fast->step(ids.select(1, t), fst);                      // (B, V)
+      EXPECT_TRUE(tensors_close(got, want, 1e-4)) << "b " << b << " step " << t << ": " << (got - want).abs().max().item<double>();
+      steps.push_back(got.unsqueeze(1));
+    }
+    EXPECT_EQ(fast_cache.length(), 12);
+    for (int64_t l = 0; l < lm->config().num_hidden_layers; ++l)
+      EXPECT_TRUE(tensors_close(fast_cache.keys(l), ref_cache.keys(l), 1e-5) && tensors_close(fast_cache.values(l), ref_cache.values(l), 1e-5));
+    if (b == 1) EXPECT_TRUE(tensors_close(torch::cat(steps, 1), full_logits(lm, ids).narrow(1, 5, 7), 1e-4));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Configs, LlamaVariants,
@@ -99,6 +139,31 @@ struct IdentitySublayer : model::SublayerAdapter {
   torch::Tensor apply(const torch::Tensor& x, model::Sublayer, int64_t, const model::ForwardContext&) override { return x; }
 };
 }  // namespace
+
+// The fast path declines what it does not compute (the modules run those).
+TEST(Llama, FastDecodeDeclinesAdaptersOtherDtypesAndTheSwitch) {
+  TempDir tmp;
+  auto lm = load_fixture(tmp, vadapt::test::tiny_llama_config());
+  std::string why;
+  lm->layer(1).self_attn->v_proj->add_adapter(nullptr);
+  EXPECT_FALSE(model::FastDecoder::make(*lm, &why));
+  EXPECT_NE(why.find("adapter"), std::string::npos) << why;
+  lm->layer(1).self_attn->v_proj->clear_adapters();
+  EXPECT_TRUE(model::FastDecoder::make(*lm));
+  setenv("VADAPT_FAST_DECODE", "0", 1);
+  EXPECT_FALSE(model::FastDecoder::make(*lm, &why));
+  unsetenv("VADAPT_FAST_DECODE");
+  auto lm16 = model::load_llama(tmp.path(), torch::kBFloat16, torch::kCPU);
+  EXPECT_FALSE(model::FastDecoder::make(*lm16, &why));
+  model::AdapterState st;
+  st.position_offset = 1;
+  model::ForwardContext ctx;
+  model::KVCache cache = lm->make_cache(1, 4);
+  ctx.cache = &cache;
+  EXPECT_TRUE(model::FastDecoder::applies(ctx));
+  ctx.adapter_state = &st;
+  EXPECT_FALSE(model::FastDecoder::applies(ctx));
+}
 
 TEST(Llama, EmptyOrIdentitySeamsLeaveLogitsUnchanged) {
   TempDir tmp;

@@ -15,6 +15,7 @@
 #include "generate/generator.h"
 #include "generate/sampler.h"
 #include "model/kv_cache.h"
+#include "model/fast_decode.h"
 #include "model/llama.h"
 #include "model/seams.h"
 
@@ -57,6 +58,8 @@ class ContinuousBatch {
   void keep_rows(const std::vector<size_t>& keep);
 
   model::LlamaForCausalLM lm_;
+  std::shared_ptr<model::FastDecoder> fast_;  // the fast CPU decode step, when it applies to lm_
+  bool fast_checked_ = false;
   std::vector<Row> rows_;
   std::optional<model::KVCache> cache_;
   model::AdapterState state_;

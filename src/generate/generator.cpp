@@ -38,6 +38,12 @@ GenerateResult Generator::generate(const std::vector<std::vector<int64_t>>& prom
   return generate_embeds(embeds, padded ? mask : torch::Tensor(), opts, on_token);
 }
 
+torch::Tensor Generator::decode_step(const torch::Tensor& ids, model::ForwardContext& ctx) {
+  if (fast_ && model::FastDecoder::applies(ctx)) return fast_->step(ids, ctx);
+  auto x = lm_->embed(ids.view({-1, 1}));                            // (B, 1, d)
+  return lm_->logits(lm_->forward_embeds(x, ctx)).select(1, 0);      // (B, V)
+}
+
 GenerateResult Generator::beam_search(const torch::Tensor& embeds, const GenerateOptions& opts, const model::AdapterState* state_in) {
   torch::NoGradGuard ng;
   const int64_t nb = opts.num_beams, t = embeds.size(1);
@@ -50,6 +56,7 @@ GenerateResult Generator::beam_search(const torch::Tensor& embeds, const Generat
   if (opts.stop_at_eos) stops.insert(stops.end(), cfg.eos_token_ids.begin(), cfg.eos_token_ids.end());
   auto is_stop = [&](int64_t id) { return std::find(stops.begin(), stops.end(), id) != stops.end(); };
   model::KVCache cache = lm_->make_cache(nb, t + std::max<int64_t>(opts.max_new_tokens, 1));
+  fast_ = model::FastDecoder::make(*lm_);
   model::ForwardContext ctx;
   ctx.cache = &cache;
   model::AdapterState state;  // adapters may keep per-row state in it from prefill on
@@ -110,8 +117,7 @@ GenerateResult Generator::beam_search(const torch::Tensor& embeds, const Generat
     if (step + 1 == opts.max_new_tokens) break;
     cache.select_rows(torch::tensor(src_rows, torch::kInt64).to(lm_->device()));
     state.select_rows(torch::tensor(src_rows, torch::kInt64));
-    auto x = lm_->embed(torch::tensor(next_tokens, torch::kInt64).view({nb, 1}));  // (nb, 1, d)
-    logp = torch::log_softmax(lm_->logits(lm_->forward_embeds(x, ctx)).select(1, 0).to(torch::kFloat32), -1).cpu();
+    logp = torch::log_softmax(decode_step(torch::tensor(next_tokens, torch::kInt64).to(lm_->device()), ctx).to(torch::kFloat32), -1).cpu();
     ++res.decode_steps;
   }
   for (int64_t i = 0; i < nb; ++i)
@@ -144,6 +150,7 @@ GenerateResult Generator::generate_embeds(const torch::Tensor& embeds, const tor
                           " exceeds the model's max_position_embeddings ", cfg.max_position_embeddings));
   const auto dev = lm_->device();
   model::KVCache cache = lm_->make_cache(b, t + std::max<int64_t>(opts.max_new_tokens, 1));
+  fast_ = model::FastDecoder::make(*lm_);
   model::ForwardContext ctx;
   ctx.cache = &cache;
   model::AdapterState adapter_state;  // adapters may keep per-row state in it from prefill on
@@ -193,8 +200,7 @@ GenerateResult Generator::generate_embeds(const torch::Tensor& embeds, const tor
     } else {
       ctx.position_ids = torch::Tensor();
     }
-    auto x = lm_->embed(next.view({b, 1}));             // (B, 1, d)
-    logits = lm_->logits(lm_->forward_embeds(x, ctx)).select(1, 0);  // (B, V)
+    logits = decode_step(next.to(dev), ctx);  // (B, V)
     ++res.decode_steps;
   }
   if (opts.max_new_tokens == 0) res.prefill_seconds = sw.seconds();

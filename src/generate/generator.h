@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "generate/sampler.h"
+#include "model/fast_decode.h"
 #include "model/llama.h"
 #include "text/tokenizer.h"
 
@@ -55,7 +56,12 @@ class Generator {
   GenerateResult beam_search(const torch::Tensor& embeds, const GenerateOptions& opts, const model::AdapterState* state = nullptr);
 
  private:
+  // Logits (B, V) for one new token per row (ids (B,)) over ctx's cache: the fast CPU path
+  // (model::FastDecoder) where it applies, else the modules.
+  torch::Tensor decode_step(const torch::Tensor& ids, model::ForwardContext& ctx);
+
   model::LlamaForCausalLM lm_;
+  std::shared_ptr<model::FastDecoder> fast_;  // made at the start of each generate call
 };
 
 // Left-pads prompts into (B, T) ids and a (B, T) mask.

@@ -21,6 +21,10 @@ class KVCache {
   // Called by the model once all layers have appended `t` tokens.
   void advance(int64_t t) { length_ += t; }
   void reset() { length_ = 0; }
+  // The whole (B, n_kv_heads, capacity, head_dim) buffers of a layer (the fast decode path
+  // writes its new entries in place, then calls advance).
+  torch::Tensor& keys(int64_t layer) { return k_[static_cast<size_t>(layer)]; }
+  torch::Tensor& values(int64_t layer) { return v_[static_cast<size_t>(layer)]; }
   // Keeps only the batch rows in `index` (beam search reorders), in place.
   void select_rows(const torch::Tensor& index);
 

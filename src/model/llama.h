@@ -84,6 +84,8 @@ class LlamaForCausalLMImpl : public torch::nn::Module {
 
   KVCache make_cache(int64_t batch, int64_t capacity) const;
   const io::LlamaConfig& config() const { return cfg_; }
+  // RoPE cos / sin (P, D) float32 on the CPU.
+  std::pair<torch::Tensor, torch::Tensor> rope_tables() const { return rope_.cpu_tables(); }
   LlamaDecoderLayerImpl& layer(int64_t i) { return *model->layers[i]->as<LlamaDecoderLayerImpl>(); }
   torch::ScalarType dtype() const { return model->embed_tokens->weight.scalar_type(); }
   torch::Device device() const { return model->embed_tokens->weight.device(); }

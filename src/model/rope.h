@@ -17,6 +17,11 @@ class Rope {
   // cos/sin for the given positions: (B, 1, T, D) in `dtype`.
   std::pair<torch::Tensor, torch::Tensor> tables(const torch::Tensor& position_ids, torch::ScalarType dtype) const;
   int64_t max_positions() const { return cos_.defined() ? cos_.size(0) : 0; }
+  // The whole (P, D) float32 tables on the CPU (the fast decode path indexes them by position).
+  std::pair<torch::Tensor, torch::Tensor> cpu_tables() const {
+    if (!cos_.device().is_cpu()) cos_ = cos_.cpu(), sin_ = sin_.cpu();
+    return {cos_, sin_};
+  }
   static torch::Tensor inv_freq(const io::LlamaConfig& cfg);  // (D/2,) float32
 
  private:

@@ -1,0 +1,43 @@
+// The decode step (one new token per row over the KV cache) of a plain Llama on the CPU in f32
+// without libtorch's per-operator dispatch: BLAS matrix-vector / matrix products (cblas, from
+// Debian's OpenBLAS through libblas.so.3) on the modules' own weights, and plain loops for the
+// norms, RoPE, attention over the cache and SwiGLU. At batch 1 libtorch runs a linear layer as a
+// one-row sgemm and pays a few microseconds of dispatch per operator (~20 per layer), which on a
+// small model costs more than the arithmetic; this path is what a decode step needs and no more.
+//
+// Same math as LlamaForCausalLMImpl::forward_embeds + logits (tests: equal logits within 1e-4 and
+// identical greedy ids on every golden model, KV-cache decode = full recompute). It applies only
+// where nothing else acts on the model: no projection adapters (merge LoRA first), no attention
+// prefix, no sub-layer adapter, no NF4 weights, no per-sample adapter state; anything else takes
+// the module path. VADAPT_FAST_DECODE=0 turns it off (benchmarks compare both).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/llama.h"
+
+namespace vadapt::model {
+
+class FastDecoder {
+ public:
+  // Null when the fast path does not apply to `lm` (the reason in *why_not when given).
+  static std::unique_ptr<FastDecoder> make(LlamaForCausalLMImpl& lm, std::string* why_not = nullptr);
+  // Whether this call can take the fast path (the adapter state must be empty).
+  static bool applies(const ForwardContext& ctx);
+
+  // ids (B,) int64, one new token per row at ctx.cache->length(); ctx.position_ids (B, 1) or
+  // undefined (= the cache length); ctx.attention_mask (B, length + 1) 1 = real key, or
+  // undefined. Appends to the cache and advances it; returns logits (B, V) float32.
+  torch::Tensor step(const torch::Tensor& ids, ForwardContext& ctx);
+
+ private:
+  explicit FastDecoder(LlamaForCausalLMImpl& lm);
+  LlamaForCausalLMImpl& lm_;
+  std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_, scores_;
+};
+
+}  // namespace vadapt::model
