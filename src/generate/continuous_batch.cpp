@@ -141,12 +141,7 @@ std::vector<int64_t> ContinuousBatch::step(const TokenCallback& on_token) {
   ctx.position_ids = next_pos_;
   next_pos_ = next_pos_ + 1;
   if (!fast_checked_) fast_ = model::FastDecoder::make(*lm_), fast_checked_ = true;
-  if (fast_ && model::FastDecoder::applies(ctx)) {
-    logits_ = fast_->step(torch::tensor(next, torch::kInt64), ctx);  // (B, V)
-    return ended;
-  }
-  auto x = lm_->embed(torch::tensor(next, torch::kInt64).view({b, 1}).to(lm_->device()));  // (B, 1, d)
-  logits_ = lm_->logits(lm_->forward_embeds(x, ctx)).select(1, 0);                          // (B, V)
+  logits_ = model::decode_logits(*lm_, fast_.get(), torch::tensor(next, torch::kInt64), ctx);  // (B, V)
   return ended;
 }
 

@@ -39,9 +39,7 @@ GenerateResult Generator::generate(const std::vector<std::vector<int64_t>>& prom
 }
 
 torch::Tensor Generator::decode_step(const torch::Tensor& ids, model::ForwardContext& ctx) {
-  if (fast_ && model::FastDecoder::applies(ctx)) return fast_->step(ids, ctx);
-  auto x = lm_->embed(ids.view({-1, 1}));                            // (B, 1, d)
-  return lm_->logits(lm_->forward_embeds(x, ctx)).select(1, 0);      // (B, V)
+  return model::decode_logits(*lm_, fast_.get(), ids, ctx);
 }
 
 GenerateResult Generator::beam_search(const torch::Tensor& embeds, const GenerateOptions& opts, const model::AdapterState* state_in) {

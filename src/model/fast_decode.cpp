@@ -92,6 +92,12 @@ std::unique_ptr<FastDecoder> FastDecoder::make(LlamaForCausalLMImpl& lm, std::st
 
 FastDecoder::FastDecoder(LlamaForCausalLMImpl& lm) : lm_(lm) {}
 
+torch::Tensor decode_logits(LlamaForCausalLMImpl& lm, FastDecoder* fast, const torch::Tensor& ids, ForwardContext& ctx) {
+  if (fast && FastDecoder::applies(ctx)) return fast->step(ids, ctx);
+  auto x = lm.embed(ids.view({-1, 1}).to(lm.device()));        // (B, 1, d)
+  return lm.logits(lm.forward_embeds(x, ctx)).select(1, 0);    // (B, V)
+}
+
 torch::Tensor FastDecoder::step(const torch::Tensor& ids_in, ForwardContext& ctx) {
   const auto& c = lm_.config();
   KVCache& cache = *ctx.cache;

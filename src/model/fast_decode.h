@@ -40,4 +40,9 @@ class FastDecoder {
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_, scores_;
 };
 
+// Logits (B, V) for one new token per row (ids (B,)) over ctx's cache: `fast`'s step when given
+// and it applies to this call, else the modules. The one decode step of generation, beam search
+// and continuous batching.
+torch::Tensor decode_logits(LlamaForCausalLMImpl& lm, FastDecoder* fast, const torch::Tensor& ids, ForwardContext& ctx);
+
 }  // namespace vadapt::model

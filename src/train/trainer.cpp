@@ -4,7 +4,6 @@
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -60,6 +59,21 @@ Trainer::Trainer(vlm::VisionLanguageModel& model, std::vector<data::Sample> trai
 }
 
 namespace {
+// How an encoded prompt fits max_seq_len: where its image tokens end and whether an answer
+// token is left within the first `max` positions.
+struct Fit {
+  int64_t image_end = 0;  // one past the last image token (0: none)
+  bool answer_kept = false;
+};
+Fit fit_of(const text::EncodedPrompt& e, int64_t max) {
+  Fit f;
+  for (size_t i = 0; i < e.ids.size(); ++i)
+    if (e.ids[i] == text::kImageToken) f.image_end = static_cast<int64_t>(i) + 1;
+  const auto end = e.labels.begin() + std::min<int64_t>(max, static_cast<int64_t>(e.labels.size()));
+  f.answer_kept = std::any_of(e.labels.begin(), end, [](int64_t l) { return l != text::kIgnore; });
+  return f;
+}
+
 std::string where_is(const data::Sample& s) { return s.origin.empty() ? "sample " + s.id : cat(s.origin, " (id ", s.id, ")"); }
 
 // Up to `n` findings, one per line.
@@ -73,7 +87,7 @@ std::string listing(const std::vector<std::string>& lines, size_t n = 8) {
 
 void Trainer::prescan(std::vector<data::Sample>& set, const std::string& what) {
   if (set.empty()) return;
-  const auto t0 = std::chrono::steady_clock::now();
+  Stopwatch sw;
   std::vector<std::string> bad, long_lines;
   std::vector<char> drop(set.size(), 0);
   int64_t longest = 0, n_long = 0, n_bad = 0;
@@ -83,13 +97,10 @@ void Trainer::prescan(std::vector<data::Sample>& set, const std::string& what) {
       auto e = encode_full(s);
       const auto n = static_cast<int64_t>(e.ids.size());
       if (n <= cfg_.max_seq_len) continue;
-      int64_t last_img = -1;
-      for (int64_t k = 0; k < n; ++k)
-        if (e.ids[static_cast<size_t>(k)] == text::kImageToken) last_img = k;
-      const bool answer_kept = std::any_of(e.labels.begin(), e.labels.begin() + cfg_.max_seq_len, [](int64_t l) { return l != text::kIgnore; });
-      if (last_img >= cfg_.max_seq_len)
-        throw VadaptError(cat(n, " tokens: its image tokens end at position ", last_img + 1, ", beyond max_seq_len ", cfg_.max_seq_len));
-      if (!answer_kept && cfg_.long_samples != "skip")
+      const Fit f = fit_of(e, cfg_.max_seq_len);
+      if (f.image_end > cfg_.max_seq_len)
+        throw VadaptError(cat(n, " tokens: its image tokens end at position ", f.image_end, ", beyond max_seq_len ", cfg_.max_seq_len));
+      if (!f.answer_kept && cfg_.long_samples != "skip")
         throw VadaptError(cat(n, " tokens: max_seq_len ", cfg_.max_seq_len, " would cut away every answer token"));
       ++n_long;
       longest = std::max(longest, n);
@@ -101,7 +112,7 @@ void Trainer::prescan(std::vector<data::Sample>& set, const std::string& what) {
       bad.push_back(cat(where_is(s), ": ", e.what()));
     }
   }
-  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = sw.seconds();
   const bool lead = rank() == 0;
   if (lead && secs > 2) log_info(cat("pre-scan: encoded ", set.size(), " ", what, " samples in ", secs, " s"));
   if (n_long > 0 && cfg_.long_samples == "error")
@@ -136,16 +147,14 @@ text::EncodedPrompt Trainer::encode(const data::Sample& s) const {
   auto e = encode_full(s);
   if (static_cast<int64_t>(e.ids.size()) > cfg_.max_seq_len) {
     // Truncate from the end; never cut through the image tokens.
-    int64_t last_img = -1;
-    for (size_t i = 0; i < e.ids.size(); ++i)
-      if (e.ids[i] == text::kImageToken) last_img = static_cast<int64_t>(i);
-    if (last_img >= cfg_.max_seq_len)
-      throw VadaptError(cat("sample ", s.id, ": image tokens end at position ", last_img + 1, ", beyond max_seq_len ", cfg_.max_seq_len));
+    const Fit f = fit_of(e, cfg_.max_seq_len);
+    if (f.image_end > cfg_.max_seq_len)
+      throw VadaptError(cat("sample ", s.id, ": image tokens end at position ", f.image_end, ", beyond max_seq_len ", cfg_.max_seq_len));
     const size_t full = e.ids.size();
     e.ids.resize(static_cast<size_t>(cfg_.max_seq_len));
     e.labels.resize(static_cast<size_t>(cfg_.max_seq_len));
     // A sample cut before its answer trains (or scores) nothing: say so, never silently.
-    if (std::none_of(e.labels.begin(), e.labels.end(), [](int64_t l) { return l != text::kIgnore; })) {
+    if (!f.answer_kept) {
       if (no_targets_++ == 0 && rank() == 0)
         log_warn(cat("sample ", s.id, ": ", full, " tokens, max_seq_len ", cfg_.max_seq_len,
                      ": truncation leaves no answer token to learn from (raise train.max_seq_len); further such samples are counted"));
