@@ -89,6 +89,37 @@ TEST(GoldenStories260K, GreedyIdsMatchLlama2c) {
   unsetenv("VADAPT_FAST_DECODE");
 }
 
+// bf16 weights (the fast step widens them and keeps activations in float32; the KV cache is
+// bf16) against llama2c's float32 logits at every position of the golden prompt: closer than the
+// bf16 module path (which rounds every activation), and within a stated tolerance.
+TEST(GoldenStories260K, Bf16WeightsOnTheFastPathStayCloseToTheFloat32Logits) {
+  VADAPT_REQUIRE_SHARED();
+  auto g = io::read_json(S("golden/stories260K.llama2c.json"));
+  auto ids_v = g["logits_prompt_ids"].get<std::vector<int64_t>>();
+  std::vector<float> flat;
+  for (const auto& row : g["logits"]) for (float v : row.get<std::vector<float>>()) flat.push_back(v);
+  auto expected = torch::tensor(flat).view({static_cast<int64_t>(ids_v.size()), -1});
+  auto lm = model::load_llama(S("models/stories260K"), torch::kBFloat16, torch::kCPU);
+  torch::NoGradGuard ng;
+  auto ids = torch::tensor(ids_v).unsqueeze(0);
+  auto fast = model::FastDecoder::make(*lm);
+  ASSERT_TRUE(fast);
+  auto fc = lm->make_cache(1, ids.size(1)), mc = lm->make_cache(1, ids.size(1));
+  model::ForwardContext f, m;
+  f.cache = &fc, m.cache = &mc;
+  std::vector<torch::Tensor> fs, ms;
+  for (int64_t t = 0; t < ids.size(1); ++t) {
+    fs.push_back(fast->step(ids.select(1, t), f));
+    ms.push_back(lm->forward(ids.narrow(1, t, 1), m)[0].to(torch::kFloat32));
+  }
+  const double err = (torch::cat(fs, 0) - expected).abs().max().item<double>();
+  const double err_mod = (torch::cat(ms, 0) - expected).abs().max().item<double>();
+  const double scale = expected.abs().max().item<double>();
+  EXPECT_LT(err, 0.02 * scale) << "bf16 fast " << err << ", logits up to " << scale;
+  EXPECT_LT(err, err_mod) << "bf16 fast " << err << ", bf16 modules " << err_mod;
+  std::cerr << "[ bf16 ] max |logit - llama2c f32|: fast " << err << ", modules " << err_mod << " (logits up to " << scale << ")\n";
+}
+
 TEST(GoldenViTTiny, HiddenStatesAndLogitsMatchTorchvision) {
   VADAPT_REQUIRE_SHARED();
   auto tower = vision::load_vision_tower(S("models/vit-tiny-patch16-224"), torch::kFloat32, torch::kCPU);

