@@ -557,7 +557,7 @@ TEST(Serve, SixtyFourClientsTwiceWithBoundedMemory) {
         if (kind == 7) {  // malformed
           auto r = cl.Post("/v1/chat/completions", "{\"model\": \"llava\", \"messages\": [", "application/json");
           status = r ? r->status : -1;
-          if (status != 400) problem = "malformed body: " + std::to_string(status);
+          if (status != 400) problem = "malformed body: " + std::to_string(status) + (r ? "" : " (" + httplib::to_string(r.error()) + ")");
         } else if (kind == 5 && i % 16 == 5) {  // not an image
           auto r = cl.Post("/v1/chat/completions", chat_body("llava", "What colour?", "data:image/png;base64," + b64("not an image at all")).dump(),
                            "application/json");
@@ -588,7 +588,7 @@ TEST(Serve, SixtyFourClientsTwiceWithBoundedMemory) {
           } else if (status == 200 && kind == 2) {
             if (r->body.find("data: [DONE]") == std::string::npos) problem = "stream without [DONE]";
           } else if (status != 200 && status != 429) {
-            problem = "status " + std::to_string(status) + (r ? " " + r->body : "");
+            problem = "status " + std::to_string(status) + (r ? " " + r->body : " (" + httplib::to_string(r.error()) + ")");
           }
         }
         std::lock_guard<std::mutex> l(mu);

@@ -1,14 +1,12 @@
 // HTTP routes of `vadapt serve` on cpp-httplib.
 #include "serve/server.h"
 
-// cpp-httplib's default accept backlog is 5: with dozens of clients connecting at once the
-// kernel's accept queue overflows and some connections fail before any request is read (seen
-// as a client error in Serve.SixtyFourClientsTwiceWithBoundedMemory under load). This file is
-// the only one that instantiates httplib::Server.
-#define CPPHTTPLIB_LISTEN_BACKLOG 1024
 #include <httplib.h>
+#include <sys/socket.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <ctime>
 
 #include "common/error.h"
@@ -34,6 +32,15 @@ std::string new_id(bool chat) {
 
 Server::Server(Engine& engine, ServerOptions o) : engine_(engine), o_(std::move(o)), http_(std::make_unique<httplib::Server>()) {
   auto& s = *http_;
+  // Debian's cpp-httplib is a compiled library whose listen() uses an accept backlog of 5
+  // (CPPHTTPLIB_LISTEN_BACKLOG in our translation unit does not reach it): with dozens of
+  // clients connecting at once the accept queue overflows and connections are dropped before a
+  // request is read (httplib's client then reports "Read"; Serve.SixtyFourClientsTwiceWithBoundedMemory
+  // under load). The listening socket is noted here and its backlog raised after bind.
+  s.set_socket_options([this](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd_ = sock;
+  });
   s.set_payload_max_length(o_.max_body_bytes);
   s.set_read_timeout(30, 0);
   s.set_write_timeout(30, 0);
@@ -183,6 +190,8 @@ void Server::bind() {
     if (!http_->bind_to_port(o_.host, o_.port)) throw VadaptError(cat("serve: cannot bind ", o_.host, ":", o_.port, " (in use, or not allowed)"));
     port_ = o_.port;
   }
+  // listen() again on a listening socket sets its backlog (capped by net.core.somaxconn).
+  if (listen_fd_ >= 0 && ::listen(listen_fd_, 1024) != 0) log_warn(cat("serve: cannot raise the accept backlog: ", std::strerror(errno)));
 }
 
 void Server::listen() { http_->listen_after_bind(); }

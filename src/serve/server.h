@@ -40,6 +40,7 @@ class Server {
   ServerOptions o_;
   std::unique_ptr<httplib::Server> http_;
   int port_ = 0;
+  int listen_fd_ = -1;  // the listening socket (its accept backlog is raised after bind)
 };
 
 }  // namespace vadapt::serve
